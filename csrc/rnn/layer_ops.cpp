@@ -1,0 +1,235 @@
+// One layer, one direction, the whole sequence, for every device. The time loop runs here, not in Python:
+// one GEMM projects the input of all steps; each step adds its recurrent GEMM in place and runs one fused
+// pointwise kernel that writes straight into the output. The backward walks the steps in reverse and does
+// the weight gradients as large GEMMs after the loop. Packed sequences shrink the active batch per step.
+//
+// State buffers h/c ([B, F]) carry the recurrence; rows of sequences that have ended (or, running in
+// reverse, not yet started) keep their value, which is what makes packed input need no special case:
+// forward, h ends as h_n; backward, the gradient buffers end as the gradients of h0/c0.
+#include <c10/core/DeviceGuard.h>
+
+#include "rnn/checks.h"
+#include "rnn/gemm.h"
+#include "rnn/ops.h"
+#include "rnn/pointwise.h"
+#include "rnn/steps.h"
+
+namespace seqops {
+
+namespace {
+
+// Rows [offset, offset + batch) of a [N, F] tensor, or rows [0, batch) of a [B, F] state.
+inline Tensor rows(const Tensor& t, const Step& s) { return t.narrow(0, s.offset, s.batch); }
+inline Tensor active(const Tensor& state, const Step& s) { return state.narrow(0, 0, s.batch); }
+
+struct LayerArgs {
+  TimeLayout layout;
+  Tensor input2d;  // [N, I]
+  int64_t H = 0;
+};
+
+LayerArgs check_layer(const char* op, int64_t gates, const Tensor& input, const OptTensor& batch_sizes,
+                      const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                      const OptTensor& b_hh, const OptTensor& w_hr) {
+  LayerArgs a;
+  a.layout = make_layout(op, input, batch_sizes);
+  a.H = check_weights(op, gates, input, w_ih, w_hh, b_ih, b_hh, w_hr);
+  const int64_t P = w_hr.has_value() ? w_hr->size(0) : a.H;
+  check_state(op, input, hx, {a.layout.batch, P}, "hx");
+  a.input2d = input.reshape({a.layout.rows, input.size(-1)});
+  return a;
+}
+
+// grad_output [T, B, P] or [N, P] -> [N, P] contiguous
+Tensor flat_grad(const Tensor& grad_output, const TimeLayout& layout) {
+  TORCH_CHECK(grad_output.numel() == layout.rows * grad_output.size(-1), "grad_output has shape ",
+              grad_output.sizes(), ", which does not match the layer's ", layout.rows, " rows");
+  return grad_output.reshape({layout.rows, grad_output.size(-1)}).contiguous();
+}
+
+Tensor shape_output(const Tensor& out2d, const Tensor& input, const TimeLayout& layout) {
+  if (layout.packed) return out2d;
+  return out2d.view({input.size(0), input.size(1), out2d.size(1)});
+}
+
+}  // namespace
+
+// input: [T, B, I] or packed [N, I]; hx: [B, P]; cx: [B, H]; w_ih: [4H, I]; w_hh: [4H, P]; w_hr: [P, H]
+// -> output [T, B, P] / [N, P]; h_n [B, P]; c_n [B, H];
+//    saved: gates [N, 4H] activations (i, f, g, o); cells [N, H] c of every step; proj_in [N, H] o*tanh(c)
+//    before the projection (empty without w_hr)
+Tensor6 lstm_layer_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx, const Tensor& cx,
+                           const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                           const OptTensor& w_hr, bool reverse) {
+  const char* op = "lstm_layer";
+  auto a = check_layer(op, 4, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, w_hr);
+  const int64_t H = a.H, N = a.layout.rows;
+  check_state(op, input, cx, {a.layout.batch, H}, "cx");
+  c10::OptionalDeviceGuard guard(input.device());
+  const bool proj = w_hr.has_value();
+  Tensor gates = project(a.input2d, w_ih, b_ih, b_hh);
+  Tensor output = at::empty({N, hx.size(1)}, input.options());
+  Tensor cells = at::empty({N, H}, input.options());
+  Tensor proj_in = at::empty({proj ? N : 0, H}, input.options());
+  Tensor h = hx.contiguous().clone(), c = cx.contiguous().clone();
+  const Tensor w_hr_t = proj ? w_hr->t() : Tensor();
+  for (size_t i = 0; i < a.layout.steps.size(); ++i) {
+    const Step s = a.layout.at(i, reverse);
+    Tensor g = rows(gates, s), h_out = rows(output, s), c_new = rows(cells, s);
+    add_recurrent(g, active(h, s), w_hh);
+    Tensor r = proj ? rows(proj_in, s) : h_out;
+    lstm_forward_pointwise(g, active(c, s), c_new, r);
+    if (proj) at::mm_out(h_out, r, w_hr_t);
+    active(h, s).copy_(h_out);
+    active(c, s).copy_(c_new);
+  }
+  return {shape_output(output, input, a.layout), h, c, gates, cells, proj_in};
+}
+
+// -> grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias [4H] (for b_ih and b_hh alike), grad_w_hr
+Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
+                            const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx, const Tensor& cx,
+                            const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr, bool reverse,
+                            const Tensor& output, const Tensor& gates_saved, const Tensor& cells_saved,
+                            const Tensor& proj_in_saved) {
+  const char* op = "lstm_layer_backward";
+  // The kernels index rows by stride(0) and assume unit column stride: free when already contiguous.
+  const Tensor gates = gates_saved.contiguous(), cells = cells_saved.contiguous();
+  const Tensor proj_in = proj_in_saved.contiguous();
+  auto a = check_layer(op, 4, input, batch_sizes, hx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
+  const int64_t H = a.H, N = a.layout.rows, P = hx.size(1);
+  const bool proj = w_hr.has_value();
+  check_state(op, input, cx, {a.layout.batch, H}, "cx");
+  check_state(op, input, grad_h_n, {a.layout.batch, P}, "grad_h_n");
+  check_state(op, input, grad_c_n, {a.layout.batch, H}, "grad_c_n");
+  check_state(op, input, gates, {N, 4 * H}, "gates");
+  check_state(op, input, cells, {N, H}, "cells");
+  check_state(op, input, proj_in, {proj ? N : 0, H}, "proj_in");
+  c10::OptionalDeviceGuard guard(input.device());
+  const Tensor grad_out = flat_grad(grad_output, a.layout);
+  const Tensor out2d = output.reshape({N, P});
+  const Tensor c_prev = gather_previous(a.layout, cells, cx.contiguous(), reverse);
+  Tensor grad_gates = at::empty({N, 4 * H}, input.options());
+  Tensor dh = grad_h_n.contiguous().clone(), dc = grad_c_n.contiguous().clone();
+  Tensor grad_h_all = at::empty({proj ? N : 0, P}, input.options());  // dL/dh per step, for grad_w_hr
+  Tensor dr = at::empty({proj ? a.layout.batch : 0, H}, input.options());
+  for (size_t i = a.layout.steps.size(); i-- > 0;) {
+    const Step s = a.layout.at(i, reverse);
+    Tensor dh_s = active(dh, s), dg = rows(grad_gates, s);
+    dh_s.add_(rows(grad_out, s));
+    Tensor d_pre_proj = dh_s;
+    if (proj) {
+      rows(grad_h_all, s).copy_(dh_s);
+      d_pre_proj = active(dr, s);
+      at::mm_out(d_pre_proj, dh_s, *w_hr);
+    }
+    lstm_backward_pointwise(rows(gates, s), rows(c_prev, s), rows(cells, s), d_pre_proj, active(dc, s), dg);
+    at::mm_out(dh_s, dg, w_hh);
+  }
+  const Tensor h_prev = gather_previous(a.layout, out2d, hx.contiguous(), reverse);
+  Tensor grad_input = grad_gates.mm(w_ih).view(input.sizes());
+  Tensor grad_w_hr = proj ? grad_h_all.t().mm(proj_in) : at::empty({0}, input.options());
+  return {grad_input, dh, dc, grad_gates.t().mm(a.input2d), grad_gates.t().mm(h_prev), bias_grad(grad_gates),
+          grad_w_hr};
+}
+
+// input: [T, B, I] or packed [N, I]; hx: [B, H]; w_ih: [3H, I]; w_hh: [3H, H]
+// -> output [T, B, H] / [N, H]; h_n [B, H]; saved: gates [N, 3H] activations (r, z, n); hn [N, H] W_hn h + b_hn
+Tensor4 gru_layer_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
+                          const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, bool reverse) {
+  auto a = check_layer("gru_layer", 3, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, std::nullopt);
+  const int64_t H = a.H, N = a.layout.rows;
+  c10::OptionalDeviceGuard guard(input.device());
+  Tensor gates = project(a.input2d, w_ih, b_ih);
+  Tensor output = at::empty({N, H}, input.options());
+  Tensor hn = at::empty({N, H}, input.options());
+  Tensor gates_h = at::empty({a.layout.batch, 3 * H}, input.options());  // reused by every step
+  Tensor h = hx.contiguous().clone();
+  const Tensor w_hh_t = w_hh.t();
+  for (size_t i = 0; i < a.layout.steps.size(); ++i) {
+    const Step s = a.layout.at(i, reverse);
+    Tensor gh = active(gates_h, s), h_s = active(h, s), h_out = rows(output, s);
+    if (b_hh.has_value())
+      at::addmm_out(gh, *b_hh, h_s, w_hh_t);
+    else
+      at::mm_out(gh, h_s, w_hh_t);
+    gru_forward_pointwise(rows(gates, s), gh, h_s, h_out, rows(hn, s));
+    h_s.copy_(h_out);
+  }
+  return {shape_output(output, input, a.layout), h, gates, hn};
+}
+
+// -> grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih [3H], grad_b_hh [3H]
+Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
+                           const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                           bool reverse, const Tensor& output, const Tensor& gates_saved,
+                           const Tensor& hn_saved) {
+  const char* op = "gru_layer_backward";
+  const Tensor gates = gates_saved.contiguous(), hn = hn_saved.contiguous();
+  auto a = check_layer(op, 3, input, batch_sizes, hx, w_ih, w_hh, std::nullopt, std::nullopt, std::nullopt);
+  const int64_t H = a.H, N = a.layout.rows;
+  check_state(op, input, grad_h_n, {a.layout.batch, H}, "grad_h_n");
+  check_state(op, input, gates, {N, 3 * H}, "gates");
+  check_state(op, input, hn, {N, H}, "hn");
+  c10::OptionalDeviceGuard guard(input.device());
+  const Tensor grad_out = flat_grad(grad_output, a.layout);
+  const Tensor h_prev = gather_previous(a.layout, output.reshape({N, H}), hx.contiguous(), reverse);
+  Tensor grad_gx = at::empty({N, 3 * H}, input.options());
+  Tensor grad_gh = at::empty({N, 3 * H}, input.options());
+  Tensor dh = grad_h_n.contiguous().clone();
+  for (size_t i = a.layout.steps.size(); i-- > 0;) {
+    const Step s = a.layout.at(i, reverse);
+    Tensor dh_s = active(dh, s), dgh = rows(grad_gh, s);
+    dh_s.add_(rows(grad_out, s));
+    gru_backward_pointwise(rows(gates, s), rows(hn, s), rows(h_prev, s), dh_s, rows(grad_gx, s), dgh);
+    dh_s.addmm_(dgh, w_hh);
+  }
+  return {grad_gx.mm(w_ih).view(input.sizes()), dh, grad_gx.t().mm(a.input2d), grad_gh.t().mm(h_prev),
+          bias_grad(grad_gx), bias_grad(grad_gh)};
+}
+
+// input: [T, B, I] or packed [N, I]; hx: [B, H]; w_ih: [H, I]; w_hh: [H, H]
+// -> output [T, B, H] / [N, H] (also all the backward needs); h_n [B, H]
+Tensor2 rnn_layer_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
+                          const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, bool reverse,
+                          bool relu) {
+  auto a = check_layer("rnn_layer", 1, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, std::nullopt);
+  c10::OptionalDeviceGuard guard(input.device());
+  Tensor output = project(a.input2d, w_ih, b_ih, b_hh);  // activated in place, step by step
+  Tensor h = hx.contiguous().clone();
+  for (size_t i = 0; i < a.layout.steps.size(); ++i) {
+    const Step s = a.layout.at(i, reverse);
+    Tensor pre = rows(output, s), h_s = active(h, s);
+    add_recurrent(pre, h_s, w_hh);
+    rnn_forward_pointwise(pre, pre, relu);
+    h_s.copy_(pre);
+  }
+  return {shape_output(output, input, a.layout), h};
+}
+
+// -> grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias [H]
+Tensor5 rnn_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
+                           const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                           bool reverse, bool relu, const Tensor& output) {
+  const char* op = "rnn_layer_backward";
+  auto a = check_layer(op, 1, input, batch_sizes, hx, w_ih, w_hh, std::nullopt, std::nullopt, std::nullopt);
+  const int64_t H = a.H, N = a.layout.rows;
+  check_state(op, input, grad_h_n, {a.layout.batch, H}, "grad_h_n");
+  c10::OptionalDeviceGuard guard(input.device());
+  const Tensor grad_out = flat_grad(grad_output, a.layout);
+  const Tensor out2d = output.reshape({N, H}).contiguous();
+  Tensor grad_pre = at::empty({N, H}, input.options());
+  Tensor dh = grad_h_n.contiguous().clone();
+  for (size_t i = a.layout.steps.size(); i-- > 0;) {
+    const Step s = a.layout.at(i, reverse);
+    Tensor dh_s = active(dh, s), dp = rows(grad_pre, s);
+    dh_s.add_(rows(grad_out, s));
+    rnn_backward_pointwise(rows(out2d, s), dh_s, dp, relu);
+    at::mm_out(dh_s, dp, w_hh);
+  }
+  const Tensor h_prev = gather_previous(a.layout, out2d, hx.contiguous(), reverse);
+  return {grad_pre.mm(w_ih).view(input.sizes()), dh, grad_pre.t().mm(a.input2d), grad_pre.t().mm(h_prev),
+          bias_grad(grad_pre)};
+}
+
+}  // namespace seqops

@@ -1,0 +1,96 @@
+// The time axis of a layer op: which rows of the [N, F] activations belong to each step.
+// Padded input [T, B, F] is the packed layout with every batch size equal to B, so one code path serves both.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <vector>
+
+namespace seqops {
+
+using at::Tensor;
+
+struct Step {
+  int64_t offset;  // first row of this step in the [N, F] layout
+  int64_t batch;   // active rows: sequences still running (packed batches shrink, longest first)
+};
+
+struct TimeLayout {
+  std::vector<Step> steps;  // in time order, whatever the direction
+  int64_t batch = 0;        // B, the rows of the states
+  int64_t rows = 0;         // N, the rows of the activations
+  bool packed = false;
+  bool uniform = true;      // every step has all B rows
+
+  // Steps in the order the recurrence runs them.
+  Step at(size_t i, bool reverse) const { return steps[reverse ? steps.size() - 1 - i : i]; }
+};
+
+// input: [T, B, F] with no batch_sizes; [N, F] with batch_sizes [T] (CPU int64, non-increasing, sum N).
+inline TimeLayout make_layout(const char* op, const Tensor& input, const std::optional<Tensor>& batch_sizes) {
+  TimeLayout layout;
+  if (!batch_sizes.has_value()) {
+    TORCH_CHECK(input.dim() == 3, op, ": expected input of shape [seq_len, batch, input_size], got ",
+                input.sizes());
+    const int64_t T = input.size(0), B = input.size(1);
+    layout.batch = B;
+    layout.rows = T * B;
+    for (int64_t t = 0; t < T; ++t) layout.steps.push_back({t * B, B});
+    return layout;
+  }
+  const Tensor& bs = *batch_sizes;
+  TORCH_CHECK(input.dim() == 2, op, ": packed input must be 2-D [sum(batch_sizes), input_size], got ",
+              input.sizes());
+  TORCH_CHECK(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu(), op,
+              ": batch_sizes must be a 1-D int64 CPU tensor, got ", bs.sizes(), " ", bs.scalar_type(), " on ",
+              bs.device());
+  const Tensor bsc = bs.contiguous();
+  const int64_t* b = bsc.const_data_ptr<int64_t>();
+  int64_t offset = 0;
+  layout.packed = true;
+  layout.batch = bs.numel() > 0 ? b[0] : 0;
+  for (int64_t t = 0; t < bs.numel(); ++t) {
+    TORCH_CHECK(b[t] > 0 && (t == 0 || b[t] <= b[t - 1]), op,
+                ": batch_sizes must be positive and non-increasing, got ", bs);
+    layout.uniform = layout.uniform && b[t] == layout.batch;
+    layout.steps.push_back({offset, b[t]});
+    offset += b[t];
+  }
+  TORCH_CHECK(offset == input.size(0), op, ": batch_sizes sum to ", offset, " but the packed input has ",
+              input.size(0), " rows");
+  layout.rows = offset;
+  return layout;
+}
+
+// For every row of a step, the state it starts from, gathered into one [N, F] tensor so the backward can do
+// its weight gradient as one GEMM. all: [N, F], the states written at each step; init: [B, F].
+// A row's previous state is the previous step (in the run's direction) if that step had the row, else init.
+inline Tensor gather_previous(const TimeLayout& layout, const Tensor& all, const Tensor& init, bool reverse) {
+  const int64_t N = layout.rows, B = layout.batch;
+  Tensor prev = at::empty({N, all.size(1)}, all.options());
+  if (N == 0) return prev;
+  if (layout.uniform) {  // two copies, not 2T
+    if (reverse) {
+      prev.narrow(0, 0, N - B).copy_(all.narrow(0, B, N - B));
+      prev.narrow(0, N - B, B).copy_(init);
+    } else {
+      prev.narrow(0, 0, B).copy_(init);
+      prev.narrow(0, B, N - B).copy_(all.narrow(0, 0, N - B));
+    }
+    return prev;
+  }
+  const int64_t T = static_cast<int64_t>(layout.steps.size());
+  for (int64_t t = 0; t < T; ++t) {
+    const Step s = layout.steps[t];
+    const int64_t src_t = reverse ? t + 1 : t - 1;
+    const int64_t from_prev = (src_t < 0 || src_t >= T) ? 0 : std::min(s.batch, layout.steps[src_t].batch);
+    if (from_prev > 0)
+      prev.narrow(0, s.offset, from_prev).copy_(all.narrow(0, layout.steps[src_t].offset, from_prev));
+    if (from_prev < s.batch)
+      prev.narrow(0, s.offset + from_prev, s.batch - from_prev).copy_(init.narrow(0, from_prev, s.batch - from_prev));
+  }
+  return prev;
+}
+
+}  // namespace seqops

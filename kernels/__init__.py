@@ -1,0 +1,1 @@
+"""Triton kernels of seqops (installed as seqops.kernels): @triton.jit kernels and their launch helpers only."""

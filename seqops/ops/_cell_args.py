@@ -1,0 +1,25 @@
+"""Argument handling shared by the functional cells: unbatched input and clear shape errors."""
+
+import torch
+
+
+def check_cell_args(name, input, states):
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{name}: expected input to be 1-D or 2-D, got {input.dim()}-D instead")
+    for state in states:
+        if not isinstance(state, torch.Tensor):
+            raise TypeError(f"{name}: hidden states must be Tensors, got {type(state).__name__}")
+        if state.dim() != input.dim():
+            raise ValueError(
+                f"{name}: expected hidden state to be {input.dim()}-D like the input, got {state.dim()}-D; "
+                f"input {tuple(input.shape)}, hidden {tuple(state.shape)}"
+            )
+
+
+def batch_cell_args(input, states):
+    """[I] and [H] become [1, I] and [1, H]; returns (tensors, unbatched)."""
+    if input.dim() == 1:
+        return (input.unsqueeze(0), *(s.unsqueeze(0) for s in states)), True
+    return (input, *states), False

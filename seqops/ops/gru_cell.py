@@ -1,0 +1,56 @@
+"""seqops.gru_cell: torch.gru_cell with one fused pointwise kernel forward and one backward."""
+
+import torch
+
+from seqops import reference
+from seqops.ops._autograd import double_backward_through
+from seqops.ops._cell_args import batch_cell_args, check_cell_args
+
+_ops = torch.ops.seqops
+
+
+@torch.library.register_fake("seqops::gru_cell_forward")
+def _gru_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh):
+    # input: [B, I]; hx: [B, H]; w_hh: [3H, H] -> h1: [B, H]; gates: [B, 3H]; hn: [B, H]
+    batch, hidden = input.shape[0], w_hh.shape[1]
+    return input.new_empty(batch, hidden), input.new_empty(batch, 3 * hidden), input.new_empty(batch, hidden)
+
+
+@torch.library.register_fake("seqops::gru_cell_backward")
+def _gru_cell_backward_fake(grad_h1, input, hx, w_ih, w_hh, gates, hn):
+    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+            w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    input, hx, w_ih, w_hh, b_ih, b_hh = inputs
+    _, gates, hn = output
+    ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, gates, hn)
+
+
+def _reference_cell(input, hx, w_ih, w_hh, b_ih, b_hh):
+    return (reference.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh),)
+
+
+def _backward(ctx, grad_h1, _grad_gates, _grad_hn):
+    input, hx, w_ih, w_hh, b_ih, b_hh, gates, hn = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        return double_backward_through(_reference_cell, (input, hx, w_ih, w_hh, b_ih, b_hh), (grad_h1,))
+    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = _ops.gru_cell_backward(
+        grad_h1, input, hx, w_ih, w_hh, gates, hn)
+    return (grad_input, grad_hx, grad_w_ih, grad_w_hh,
+            grad_b_ih if b_ih is not None else None, grad_b_hh if b_hh is not None else None)
+
+
+torch.library.register_autograd("seqops::gru_cell_forward", _backward, setup_context=_setup_context)
+
+
+def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One GRU step, like ``torch.gru_cell``: ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``.
+
+    input: [B, I] or [I]; hx: [B, H] or [H]; w_ih: [3H, I]; w_hh: [3H, H]; gates (r, z, n).
+    """
+    check_cell_args("gru_cell", input, (hx,))
+    (input, hx), unbatched = batch_cell_args(input, (hx,))
+    h1, _, _ = _ops.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh)
+    return h1.squeeze(0) if unbatched else h1

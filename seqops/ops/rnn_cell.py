@@ -1,0 +1,60 @@
+"""seqops.rnn_tanh_cell / rnn_relu_cell: torch's vanilla RNN cells, fused forward and backward."""
+
+import torch
+
+from seqops import reference
+from seqops.ops._autograd import double_backward_through
+from seqops.ops._cell_args import batch_cell_args, check_cell_args
+
+_ops = torch.ops.seqops
+
+
+@torch.library.register_fake("seqops::rnn_cell_forward")
+def _rnn_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, relu):
+    # input: [B, I]; hx: [B, H]; w_hh: [H, H] -> h1: [B, H]
+    return input.new_empty(input.shape[0], w_hh.shape[1])
+
+
+@torch.library.register_fake("seqops::rnn_cell_backward")
+def _rnn_cell_backward_fake(grad_h1, input, hx, w_ih, w_hh, h1, relu):
+    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+            w_ih.new_empty(w_ih.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    input, hx, w_ih, w_hh, b_ih, b_hh, relu = inputs
+    ctx.relu = relu
+    ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, output)
+
+
+def _backward(ctx, grad_h1):
+    input, hx, w_ih, w_hh, b_ih, b_hh, h1 = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        cell = reference.rnn_relu_cell if ctx.relu else reference.rnn_tanh_cell
+        grads = double_backward_through(lambda *args: (cell(*args),), (input, hx, w_ih, w_hh, b_ih, b_hh),
+                                        (grad_h1,))
+        return (*grads, None)
+    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = _ops.rnn_cell_backward(
+        grad_h1, input, hx, w_ih, w_hh, h1, ctx.relu)
+    return (grad_input, grad_hx, grad_w_ih, grad_w_hh,
+            grad_bias if b_ih is not None else None, grad_bias if b_hh is not None else None, None)
+
+
+torch.library.register_autograd("seqops::rnn_cell_forward", _backward, setup_context=_setup_context)
+
+
+def _rnn_cell(name, relu, input, hx, w_ih, w_hh, b_ih, b_hh):
+    check_cell_args(name, input, (hx,))
+    (input, hx), unbatched = batch_cell_args(input, (hx,))
+    h1 = _ops.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, relu)
+    return h1.squeeze(0) if unbatched else h1
+
+
+def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One vanilla RNN step, like ``torch.rnn_tanh_cell``: ``tanh(W_ih x + b_ih + W_hh h + b_hh)``."""
+    return _rnn_cell("rnn_tanh_cell", False, input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One vanilla RNN step, like ``torch.rnn_relu_cell``: ``relu(W_ih x + b_ih + W_hh h + b_hh)``."""
+    return _rnn_cell("rnn_relu_cell", True, input, hx, w_ih, w_hh, b_ih, b_hh)

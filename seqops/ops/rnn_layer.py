@@ -1,0 +1,164 @@
+"""seqops.ops.rnn_layer: one layer, one direction, the whole sequence, with the time loop in C++.
+
+The contract (shared with seqops.reference.rnn_layer and used by seqops.ops.rnn_stack):
+    rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse) -> (output, h_n, c_n)
+input [T, B, I] (batch_sizes None) or packed [N, I] with batch_sizes [T] (CPU int64, non-increasing).
+"""
+
+import torch
+
+from seqops import reference
+from seqops.ops._autograd import double_backward_through, zeros_if_none
+
+_ops = torch.ops.seqops
+MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+
+
+def _output_shape(input, batch_sizes, features):
+    # [T, B, F] for padded input, [N, F] for packed
+    return (*input.shape[:-1], features) if batch_sizes is None else (input.shape[0], features)
+
+
+def _rows(input, batch_sizes):
+    return input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
+
+
+@torch.library.register_fake("seqops::lstm_layer_forward")
+def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    rows, hidden = _rows(input, batch_sizes), cx.shape[1]
+    return (input.new_empty(_output_shape(input, batch_sizes, hx.shape[1])), torch.empty_like(hx),
+            torch.empty_like(cx), input.new_empty(rows, 4 * hidden), input.new_empty(rows, hidden),
+            input.new_empty(rows if w_hr is not None else 0, hidden))
+
+
+@torch.library.register_fake("seqops::lstm_layer_backward")
+def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, reverse,
+                        output, gates, cells, proj_in):
+    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(cx), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), w_ih.new_empty(w_ih.shape[0]),
+            torch.empty_like(w_hr) if w_hr is not None else w_ih.new_empty(0))
+
+
+@torch.library.register_fake("seqops::gru_layer_forward")
+def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
+    rows, hidden = _rows(input, batch_sizes), hx.shape[1]
+    return (input.new_empty(_output_shape(input, batch_sizes, hidden)), torch.empty_like(hx),
+            input.new_empty(rows, 3 * hidden), input.new_empty(rows, hidden))
+
+
+@torch.library.register_fake("seqops::gru_layer_backward")
+def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, output, gates, hn):
+    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+            w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape[0]))
+
+
+@torch.library.register_fake("seqops::rnn_layer_forward")
+def _rnn_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, relu):
+    return input.new_empty(_output_shape(input, batch_sizes, hx.shape[1])), torch.empty_like(hx)
+
+
+@torch.library.register_fake("seqops::rnn_layer_backward")
+def _rnn_backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, relu, output):
+    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+            w_ih.new_empty(w_ih.shape[0]))
+
+
+def _bias_grads(grad_b_ih, grad_b_hh, b_ih, b_hh):
+    return (grad_b_ih if b_ih is not None else None, grad_b_hh if b_hh is not None else None)
+
+
+def _through_reference(mode, reverse, inputs, grads):
+    """Double backward: the gradient recomputed through the reference layer (see double_backward_through)."""
+
+    def layer(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr):
+        return reference.rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+
+    return double_backward_through(layer, inputs, grads)
+
+
+# ---- LSTM ----
+def _lstm_setup(ctx, inputs, output):
+    input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+    out, _, _, gates, cells, proj_in = output
+    ctx.reverse = reverse
+    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, gates, cells, proj_in)
+
+
+def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, *_saved_grads):
+    input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, gates, cells, proj_in = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        inputs = (input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+        return (*_through_reference("LSTM", ctx.reverse, inputs, (grad_out, grad_h_n, grad_c_n)), None)
+    grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = _ops.lstm_layer_backward(
+        zeros_if_none(grad_out, out), zeros_if_none(grad_h_n, hx), zeros_if_none(grad_c_n, cx), input,
+        batch_sizes, hx, cx, w_ih, w_hh, w_hr, ctx.reverse, out, gates, cells, proj_in)
+    return (grad_input, None, grad_hx, grad_cx, grad_w_ih, grad_w_hh, *_bias_grads(grad_bias, grad_bias, b_ih, b_hh),
+            grad_w_hr if w_hr is not None else None, None)
+
+
+torch.library.register_autograd("seqops::lstm_layer_forward", _lstm_backward, setup_context=_lstm_setup)
+
+
+# ---- GRU ----
+def _gru_setup(ctx, inputs, output):
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs
+    out, _, gates, hn = output
+    ctx.reverse = reverse
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, gates, hn)
+
+
+def _gru_backward(ctx, grad_out, grad_h_n, *_saved_grads):
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, gates, hn = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        inputs = (input, batch_sizes, hx, None, w_ih, w_hh, b_ih, b_hh, None)
+        grads = _through_reference("GRU", ctx.reverse, inputs, (grad_out, grad_h_n))
+        return (*grads[:3], *grads[4:8], None)
+    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = _ops.gru_layer_backward(
+        zeros_if_none(grad_out, out), zeros_if_none(grad_h_n, hx), input, batch_sizes, hx, w_ih, w_hh,
+        ctx.reverse, out, gates, hn)
+    return (grad_input, None, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(grad_b_ih, grad_b_hh, b_ih, b_hh), None)
+
+
+torch.library.register_autograd("seqops::gru_layer_forward", _gru_backward, setup_context=_gru_setup)
+
+
+# ---- vanilla RNN ----
+def _rnn_setup(ctx, inputs, output):
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, relu = inputs
+    ctx.reverse, ctx.relu = reverse, relu
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, output[0])
+
+
+def _rnn_backward(ctx, grad_out, grad_h_n):
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        mode = "RNN_RELU" if ctx.relu else "RNN_TANH"
+        inputs = (input, batch_sizes, hx, None, w_ih, w_hh, b_ih, b_hh, None)
+        grads = _through_reference(mode, ctx.reverse, inputs, (grad_out, grad_h_n))
+        return (*grads[:3], *grads[4:8], None, None)
+    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = _ops.rnn_layer_backward(
+        zeros_if_none(grad_out, out), zeros_if_none(grad_h_n, hx), input, batch_sizes, hx, w_ih, w_hh,
+        ctx.reverse, ctx.relu, out)
+    return (grad_input, None, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(grad_bias, grad_bias, b_ih, b_hh),
+            None, None)
+
+
+torch.library.register_autograd("seqops::rnn_layer_forward", _rnn_backward, setup_context=_rnn_setup)
+
+
+def rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """One layer-direction over the whole sequence; returns (output, h_n, c_n) (c_n None except LSTM)."""
+    if mode == "LSTM":
+        out, h_n, c_n, *_ = _ops.lstm_layer_forward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                    reverse)
+        return out, h_n, c_n
+    if w_hr is not None:
+        raise ValueError(f"proj_size is only supported by LSTM, not {mode}")
+    if mode == "GRU":
+        out, h_n, *_ = _ops.gru_layer_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
+        return out, h_n, None
+    if mode in ("RNN_TANH", "RNN_RELU"):
+        out, h_n = _ops.rnn_layer_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
+                                          mode == "RNN_RELU")
+        return out, h_n, None
+    raise ValueError(f"unknown RNN mode {mode!r}; expected one of {MODES}")

@@ -1,0 +1,165 @@
+"""Builds seqops._C (C++ always, CUDA when asked for or found). Metadata lives in pyproject.toml.
+
+Environment:
+  SEQOPS_CUDA=auto|0|1   auto: build CUDA kernels when torch is a CUDA build and a toolkit is found
+                         (a visible GPU is not required); 1: fail loudly if that is impossible; 0: CPU only.
+  TORCH_CUDA_ARCH_LIST   GPU architectures; with no GPU visible and none given, DEFAULT_CUDA_ARCHS below.
+  SEQOPS_CPU_ISA=auto|avx2|default
+                         auto: AVX2+FMA vector kernels when the building x86-64 CPU has them (pip builds
+                         from source on the machine that runs it); default: portable code.
+  MAX_JOBS               parallel compile jobs (torch.utils.cpp_extension honours it).
+  SEQOPS_DEBUG=1         -O0 -g, for gdb / compute-sanitizer line info.
+"""
+
+import glob
+import os
+import platform
+import shutil
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# H100/H200 (sm_90) is the target; sm_80 covers A100-class; +PTX lets newer GPUs JIT the sm_90 code.
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def _find_cuda_home():
+    """The toolkit root. torch guesses dirname(dirname(which nvcc)), wrong when nvcc is a wrapper script."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    candidates = ["/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for root in candidates:
+        if os.path.exists(os.path.join(root, "bin", "nvcc")) and os.path.exists(
+            os.path.join(root, "include", "cuda_runtime.h")
+        ):
+            return root
+    return None
+
+
+_cuda_home = _find_cuda_home()
+if _cuda_home:
+    os.environ.setdefault("CUDA_HOME", _cuda_home)
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _want_cuda():
+    mode = os.environ.get("SEQOPS_CUDA", "auto").lower()
+    if mode not in ("auto", "0", "1"):
+        sys.exit(f"SEQOPS_CUDA must be auto, 0 or 1, not {mode!r}")
+    if mode == "0":
+        return False
+    reasons = []
+    if torch.version.cuda is None:
+        reasons.append(f"torch {torch.__version__} is not a CUDA build")
+    if CUDA_HOME is None or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        reasons.append("no CUDA toolkit found (set CUDA_HOME)")
+    if reasons:
+        if mode == "1":
+            sys.exit("SEQOPS_CUDA=1 but CUDA kernels cannot be built: " + "; ".join(reasons))
+        print("seqops: building without CUDA kernels: " + "; ".join(reasons))
+        return False
+    return True
+
+
+def _cpu_isa():
+    mode = os.environ.get("SEQOPS_CPU_ISA", "auto").lower()
+    if mode not in ("auto", "avx2", "default"):
+        sys.exit(f"SEQOPS_CPU_ISA must be auto, avx2 or default, not {mode!r}")
+    if mode != "auto":
+        return mode
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return "default"  # aarch64: ATen's NEON vectors are used without extra flags
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        return "default"
+    return "avx2" if "avx2" in flags and "fma" in flags else "default"
+
+
+def _nvidia_pip_includes():
+    """cuBLAS/cuSPARSE headers of the nvidia-*-cu13 pip packages, which a bare toolkit may lack."""
+    dirs = []
+    for base in sys.path:
+        for sub in ("nvidia/cu13/include", "nvidia/cublas/include", "nvidia/cusparse/include"):
+            path = os.path.join(base, sub)
+            if os.path.isdir(path) and path not in dirs:
+                dirs.append(path)
+    return dirs
+
+
+def _write_build_info(with_cuda, archs, isa):
+    text = (
+        "# Written by setup.py at build time; read by seqops._extension.\n"
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+        f"TORCH_CUDA_VERSION = {torch.version.cuda!r}\n"
+        f"WITH_CUDA = {with_cuda!r}\n"
+        f"CUDA_ARCH_LIST = {archs!r}\n"
+        f"CPU_ISA = {isa!r}\n"
+    )
+    with open(os.path.join(ROOT, "seqops", "_build_info.py"), "w") as f:
+        f.write(text)
+
+
+def extensions():
+    with_cuda = _want_cuda()
+    isa = _cpu_isa()
+    debug = os.environ.get("SEQOPS_DEBUG", "0") == "1"
+
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/rnn/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    # No -std: torch.utils.cpp_extension picks the standard its headers need (C++20 for torch 2.14).
+    cxx += ["-fdiagnostics-color=always", "-Wall", "-Wno-unused-function"]
+    if isa == "avx2":
+        # Selects ATen's AVX2 Vectorized<> (SLEEF math, exported by libtorch_cpu) in our own namespace.
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    macros = [("Py_LIMITED_API", "0x030a0000")]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+
+    archs = None
+    if with_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+        macros.append(("SEQOPS_WITH_CUDA", "1"))
+        include_dirs += _nvidia_pip_includes()
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "(from the visible GPU)")
+        nvcc = ["-O0", "-G"] if debug else ["-O3", "-lineinfo"]
+        # No --use_fast_math: fp32 results must match cuDNN/ATen to fp32 tolerance (precise expf/tanhf).
+        nvcc += ["--expt-relaxed-constexpr", "--extended-lambda"]
+        ext = CUDAExtension(
+            "seqops._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            py_limited_api=True,
+        )
+    else:
+        ext = CppExtension(
+            "seqops._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx},
+            py_limited_api=True,
+        )
+    _write_build_info(with_cuda, archs, isa)
+    print(f"seqops: CUDA={with_cuda} archs={archs} cpu_isa={isa} torch={torch.__version__}")
+    return [ext]
+
+
+setup(
+    packages=["seqops", "seqops.ops", "seqops.nn", "seqops.reference", "seqops.kernels"],
+    package_dir={"seqops.kernels": "kernels"},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)

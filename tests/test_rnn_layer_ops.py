@@ -1,0 +1,258 @@
+"""The fused whole-sequence layer ops (seqops.ops.rnn_layer) against seqops.reference.rnn_layer: padded and
+packed input, both directions, proj_size, with and without bias; every gradient; opcheck; gradcheck;
+double backward; compile; bad input; the low-precision error rule."""
+
+import pytest
+import torch
+from conftest import devices
+from error_rule import assert_error_rule
+
+from seqops import reference
+from seqops.ops.rnn_layer import rnn_layer
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+MODES = list(GATES)
+
+
+def make_layer(mode, T=5, B=4, I=3, H=6, proj=0, bias=True, lengths=None, dtype=torch.float64, device="cpu"):
+    """Random arguments of rnn_layer. lengths (sorted, longest first) makes the input packed."""
+    g, P = GATES[mode], proj or H
+    scale = H ** -0.5
+    opts = dict(dtype=dtype, device=device)
+    if lengths is None:
+        batch_sizes, x = None, torch.randn(T, B, I, **opts)
+    else:
+        batch_sizes = torch.tensor([sum(1 for n in lengths if n > t) for t in range(max(lengths))])
+        B = len(lengths)
+        x = torch.randn(int(batch_sizes.sum()), I, **opts)
+    w = lambda *s: (torch.rand(*s, **opts) * 2 - 1) * scale  # noqa: E731  torch.nn's init range
+    args = dict(
+        input=x, batch_sizes=batch_sizes, hx=torch.randn(B, P, **opts),
+        cx=torch.randn(B, H, **opts) if mode == "LSTM" else None,
+        w_ih=w(g * H, I), w_hh=w(g * H, P), b_ih=w(g * H) if bias else None, b_hh=w(g * H) if bias else None,
+        w_hr=w(P, H) if proj else None,
+    )
+    return args
+
+
+DIFFERENTIABLE = ("input", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+
+
+def run(fn, mode, args, reverse, out_grads=None):
+    leaves = {k: (v.detach().clone().requires_grad_() if k in DIFFERENTIABLE and v is not None else v)
+              for k, v in args.items()}
+    outs = [o for o in fn(mode, reverse=reverse, **leaves) if o is not None]
+    if out_grads is None:
+        out_grads = [torch.randn_like(o) for o in outs]
+    torch.autograd.backward(outs, out_grads)
+    grads = [leaves[k].grad for k in DIFFERENTIABLE if leaves[k] is not None]
+    return outs, grads, out_grads
+
+
+def assert_matches_reference(mode, args, reverse, **tol):
+    outs, grads, out_grads = run(rnn_layer, mode, args, reverse)
+    ref_outs, ref_grads, _ = run(reference.rnn_layer, mode, args, reverse, out_grads)
+    assert len(grads) == len(ref_grads)
+    for name, a, b in zip(["output", "h_n", "c_n"], outs, ref_outs):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"{mode} {name}: {m}")
+    present = [k for k in DIFFERENTIABLE if args[k] is not None]
+    for name, a, b in zip(present, grads, ref_grads):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"{mode} grad {name}: {m}")
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_reference_float64(device, mode, reverse, packed, bias):
+    lengths = [5, 4, 4, 2, 1] if packed else None
+    assert_matches_reference(mode, make_layer(mode, bias=bias, lengths=lengths, device=device), reverse)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_lstm_projection(device, reverse, packed):
+    lengths = [6, 3, 3, 1] if packed else None
+    assert_matches_reference("LSTM", make_layer("LSTM", H=7, proj=3, lengths=lengths, device=device), reverse)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (7, 1, 5, 33), (3, 9, 16, 97)])  # (T, B, I, H) odd sizes
+def test_odd_sizes_float32(device, mode, shape):
+    T, B, I, H = shape
+    assert_matches_reference(mode, make_layer(mode, T, B, I, H, dtype=torch.float32, device=device), False)
+
+
+def test_packed_equal_lengths_matches_padded():
+    args = make_layer("GRU", T=4, B=3)
+    packed = dict(args, input=args["input"].reshape(12, -1), batch_sizes=torch.tensor([3, 3, 3, 3]))
+    out, h_n, _ = rnn_layer("GRU", reverse=True, **args)
+    out_p, h_n_p, _ = rnn_layer("GRU", reverse=True, **packed)
+    torch.testing.assert_close(out.reshape(12, -1), out_p)
+    torch.testing.assert_close(h_n, h_n_p)
+
+
+def test_non_contiguous_input_and_state():
+    args = make_layer("LSTM", T=4, B=3, I=5, H=6)
+    nc = dict(args)
+    nc["input"] = args["input"].transpose(0, 1).contiguous().transpose(0, 1)  # [T, B, I] with B-major strides
+    nc["hx"] = args["hx"].t().contiguous().t()
+    nc["w_ih"] = args["w_ih"].t().contiguous().t()
+    assert not nc["input"].is_contiguous() and not nc["hx"].is_contiguous()
+    outs, grads, out_grads = run(rnn_layer, "LSTM", args, False)
+    outs_nc, grads_nc, _ = run(rnn_layer, "LSTM", nc, False, out_grads)
+    for a, b in zip(outs + grads, outs_nc + grads_nc):
+        torch.testing.assert_close(a, b)
+
+
+def test_zero_length_sequence_returns_initial_state():
+    args = make_layer("LSTM", T=0)
+    out, h_n, c_n = rnn_layer("LSTM", reverse=False, **args)
+    assert out.shape == (0, 4, 6)
+    torch.testing.assert_close(h_n, args["hx"])
+    torch.testing.assert_close(c_n, args["cx"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_when_only_final_state_is_used(mode):
+    # Autograd hands the backward None for unused outputs; the op must treat them as zeros.
+    args = make_layer(mode, lengths=[4, 2, 1])
+    leaves = {k: (v.clone().requires_grad_() if k in DIFFERENTIABLE and v is not None else v) for k, v in args.items()}
+    rnn_layer(mode, reverse=False, **leaves)[1].sum().backward()
+    ref = {k: (v.clone().requires_grad_() if k in DIFFERENTIABLE and v is not None else v) for k, v in args.items()}
+    reference.rnn_layer(mode, reverse=False, **ref)[1].sum().backward()
+    for k in DIFFERENTIABLE:
+        if args[k] is not None:
+            torch.testing.assert_close(leaves[k].grad, ref[k].grad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradcheck_float64(mode, packed):
+    args = make_layer(mode, T=3, B=2, I=2, H=3, proj=2 if mode == "LSTM" else 0,
+                      lengths=[3, 1] if packed else None)
+    if mode == "RNN_RELU":  # shift pre-activations off relu's kink, where finite differences are wrong
+        args["b_ih"] = args["b_ih"] + 1.0
+    names = [k for k in DIFFERENTIABLE if args[k] is not None]
+
+    def f(*tensors):
+        return tuple(o for o in rnn_layer(mode, reverse=packed, **dict(args, **dict(zip(names, tensors))))
+                     if o is not None)
+
+    inputs = tuple(args[k].clone().requires_grad_() for k in names)
+    assert torch.autograd.gradcheck(f, inputs)
+    if mode in ("LSTM", "GRU"):  # double backward, recomputed through the reference (see ops/_autograd.py)
+        assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def _forward_op(mode, args, reverse):
+    a = args
+    if mode == "LSTM":
+        return torch.ops.seqops.lstm_layer_forward.default, (
+            a["input"], a["batch_sizes"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["w_hr"],
+            reverse)
+    if mode == "GRU":
+        return torch.ops.seqops.gru_layer_forward.default, (
+            a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], reverse)
+    return torch.ops.seqops.rnn_layer_forward.default, (
+        a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], reverse,
+        mode == "RNN_RELU")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_opcheck(mode, packed):
+    args = make_layer(mode, T=3, B=3, I=2, H=4, dtype=torch.float32, lengths=[3, 2, 2] if packed else None,
+                      proj=3 if mode == "LSTM" and packed else 0)
+    grad_args = {k: (v.requires_grad_() if k in DIFFERENTIABLE and v is not None else v) for k, v in args.items()}
+    op, op_args = _forward_op(mode, grad_args, packed)
+    torch.library.opcheck(op, op_args)
+    # The backward op, on what the forward saved.
+    plain = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    op, op_args = _forward_op(mode, plain, packed)
+    saved = op(*op_args)
+    a, g = plain, torch.randn_like(saved[0])
+    if mode == "LSTM":
+        bwd = torch.ops.seqops.lstm_layer_backward.default
+        bwd_args = (g, torch.randn_like(a["hx"]), torch.randn_like(a["cx"]), a["input"], a["batch_sizes"], a["hx"],
+                    a["cx"], a["w_ih"], a["w_hh"], a["w_hr"], packed, saved[0], saved[3], saved[4], saved[5])
+    elif mode == "GRU":
+        bwd = torch.ops.seqops.gru_layer_backward.default
+        bwd_args = (g, torch.randn_like(a["hx"]), a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], packed,
+                    saved[0], saved[2], saved[3])
+    else:
+        bwd = torch.ops.seqops.rnn_layer_backward.default
+        bwd_args = (g, torch.randn_like(a["hx"]), a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], packed,
+                    mode == "RNN_RELU", saved[0])
+    torch.library.opcheck(bwd, bwd_args)
+
+
+def test_torch_compile_fullgraph_layer():
+    torch._dynamo.reset()
+    args = make_layer("LSTM", dtype=torch.float32, lengths=[5, 3, 2])
+
+    def f(input, hx, cx, w_ih, w_hh):
+        out, h_n, c_n = rnn_layer("LSTM", input, args["batch_sizes"], hx, cx, w_ih, w_hh, None, None, None, True)
+        return out.sum() + h_n.sum() * 2 + c_n.sum()
+
+    names = ["input", "hx", "cx", "w_ih", "w_hh"]
+    eager = [args[k].clone().requires_grad_() for k in names]
+    compiled = [args[k].clone().requires_grad_() for k in names]
+    f(*eager).backward()
+    torch.compile(f, fullgraph=True)(*compiled).backward()
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_error_rule(device, mode, dtype):
+    # Reference in fp32 is the truth; PyTorch's own low-precision computation is the reference run in dtype.
+    args = make_layer(mode, T=12, B=8, I=32, H=48, dtype=torch.float32, device=device, lengths=None)
+    low = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in args.items()}
+    ref_outs, ref_grads, out_grads = run(reference.rnn_layer, mode, args, False)
+    low_grads = [g.to(dtype) for g in out_grads]
+    outs, grads, _ = run(rnn_layer, mode, low, False, low_grads)
+    pt_outs, pt_grads, _ = run(reference.rnn_layer, mode, low, False, low_grads)
+    for i, (ours, theirs, ref) in enumerate(zip(outs + grads, pt_outs + pt_grads, ref_outs + ref_grads)):
+        assert ours.dtype == dtype
+        assert_error_rule(ours, theirs, ref, name=f"{mode} output/grad #{i}")
+
+
+# ---- bad input ----
+def test_bad_batch_sizes_raise_clear_errors():
+    args = make_layer("GRU", lengths=[3, 2, 1])
+    with pytest.raises(RuntimeError, match="non-increasing"):
+        rnn_layer("GRU", reverse=False, **dict(args, batch_sizes=torch.tensor([1, 2, 3])))
+    with pytest.raises(RuntimeError, match="sum to"):
+        rnn_layer("GRU", reverse=False, **dict(args, batch_sizes=torch.tensor([3, 2, 2])))
+    with pytest.raises(RuntimeError, match="int64 CPU"):
+        rnn_layer("GRU", reverse=False, **dict(args, batch_sizes=torch.tensor([3.0, 2.0, 1.0])))
+    with pytest.raises(RuntimeError, match="2-D"):
+        rnn_layer("GRU", reverse=False, **dict(args, input=args["input"].unsqueeze(0)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_shapes_and_dtypes_raise_clear_errors(mode):
+    args = make_layer(mode)
+    with pytest.raises(RuntimeError, match="inconsistent input_size"):
+        rnn_layer(mode, reverse=False, **dict(args, input=torch.randn(5, 4, 7, dtype=torch.float64)))
+    with pytest.raises(RuntimeError, match="hx"):
+        rnn_layer(mode, reverse=False, **dict(args, hx=torch.randn(3, 6, dtype=torch.float64)))
+    with pytest.raises(RuntimeError, match="dtype"):
+        rnn_layer(mode, reverse=False, **dict(args, hx=args["hx"].float()))
+    with pytest.raises(RuntimeError, match="seq_len, batch, input_size"):
+        rnn_layer(mode, reverse=False, **dict(args, input=args["input"][0]))
+    with pytest.raises(RuntimeError, match="floating-point"):
+        rnn_layer(mode, reverse=False, **{k: (v.long() if isinstance(v, torch.Tensor) and k != "batch_sizes" else v)
+                                          for k, v in args.items()})
+    if mode == "LSTM":
+        with pytest.raises(RuntimeError, match="cx"):
+            rnn_layer(mode, reverse=False, **dict(args, cx=torch.randn(4, 5, dtype=torch.float64)))
+    else:
+        with pytest.raises(ValueError, match="proj_size"):
+            rnn_layer(mode, reverse=False, **dict(args, w_hr=torch.randn(2, 6, dtype=torch.float64)))
