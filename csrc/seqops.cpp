@@ -27,21 +27,22 @@ TORCH_LIBRARY(seqops, m) {
         "bool relu) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // One layer, one direction, the whole sequence; batch_sizes (CPU int64) given for packed input.
+  // Backward: input_grad=false skips the input-gradient GEMM (an empty tensor is returned in its place).
   m.def("lstm_layer_forward(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
         "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
         "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells, Tensor proj_in)");
   m.def("lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
         "Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, bool reverse, "
-        "Tensor output, Tensor gates, Tensor cells, Tensor proj_in) "
+        "Tensor output, Tensor gates, Tensor cells, Tensor proj_in, bool input_grad) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("gru_layer_forward(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, "
         "Tensor? b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor h_n, Tensor gates, Tensor hn)");
   m.def("gru_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
-        "Tensor hx, Tensor w_ih, Tensor w_hh, bool reverse, Tensor output, Tensor gates, Tensor hn) "
+        "Tensor hx, Tensor w_ih, Tensor w_hh, bool reverse, Tensor output, Tensor gates, Tensor hn, bool input_grad) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("rnn_layer_forward(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, "
         "Tensor? b_ih, Tensor? b_hh, bool reverse, bool relu) -> (Tensor output, Tensor h_n)");
   m.def("rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
-        "Tensor hx, Tensor w_ih, Tensor w_hh, bool reverse, bool relu, Tensor output) "
+        "Tensor hx, Tensor w_ih, Tensor w_hh, bool reverse, bool relu, Tensor output, bool input_grad) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

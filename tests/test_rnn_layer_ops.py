@@ -178,15 +178,15 @@ def test_opcheck(mode, packed):
     if mode == "LSTM":
         bwd = torch.ops.seqops.lstm_layer_backward.default
         bwd_args = (g, torch.randn_like(a["hx"]), torch.randn_like(a["cx"]), a["input"], a["batch_sizes"], a["hx"],
-                    a["cx"], a["w_ih"], a["w_hh"], a["w_hr"], packed, saved[0], saved[3], saved[4], saved[5])
+                    a["cx"], a["w_ih"], a["w_hh"], a["w_hr"], packed, saved[0], saved[3], saved[4], saved[5], True)
     elif mode == "GRU":
         bwd = torch.ops.seqops.gru_layer_backward.default
         bwd_args = (g, torch.randn_like(a["hx"]), a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], packed,
-                    saved[0], saved[2], saved[3])
+                    saved[0], saved[2], saved[3], True)
     else:
         bwd = torch.ops.seqops.rnn_layer_backward.default
         bwd_args = (g, torch.randn_like(a["hx"]), a["input"], a["batch_sizes"], a["hx"], a["w_ih"], a["w_hh"], packed,
-                    mode == "RNN_RELU", saved[0])
+                    mode == "RNN_RELU", saved[0], True)
     torch.library.opcheck(bwd, bwd_args)
 
 
@@ -256,3 +256,20 @@ def test_bad_shapes_and_dtypes_raise_clear_errors(mode):
     else:
         with pytest.raises(ValueError, match="proj_size"):
             rnn_layer(mode, reverse=False, **dict(args, w_hr=torch.randn(2, 6, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_input_without_grad_skips_its_gradient_and_keeps_the_rest(mode):
+    # A first layer's data needs no gradient: the op skips that GEMM (input_grad=False) and the others agree.
+    args = make_layer(mode, lengths=[5, 3, 3, 1])
+    ours = {k: (v.clone().requires_grad_() if k in DIFFERENTIABLE[1:] and v is not None else v)
+            for k, v in args.items()}
+    ref = {k: (v.clone().requires_grad_() if k in DIFFERENTIABLE[1:] and v is not None else v)
+           for k, v in args.items()}
+    g = torch.randn(int(args["batch_sizes"].sum()), 6, dtype=torch.float64)
+    (rnn_layer(mode, reverse=False, **ours)[0] * g).sum().backward()
+    (reference.rnn_layer(mode, reverse=False, **ref)[0] * g).sum().backward()
+    for k in DIFFERENTIABLE[1:]:
+        if args[k] is not None:
+            torch.testing.assert_close(ours[k].grad, ref[k].grad)
+    assert ours["input"].grad is None

@@ -47,6 +47,13 @@ Tensor flat_grad(const Tensor& grad_output, const TimeLayout& layout) {
   return grad_output.reshape({layout.rows, grad_output.size(-1)}).contiguous();
 }
 
+// dL/dinput = dL/dgates @ W_ih, one GEMM over all steps; skipped (empty) when the input needs no gradient,
+// as a first layer's data usually does.
+Tensor input_grad_or_empty(bool wanted, const Tensor& grad_gates, const Tensor& w_ih, const Tensor& input) {
+  if (!wanted) return at::empty({0}, input.options());
+  return grad_gates.mm(w_ih).view(input.sizes());
+}
+
 Tensor shape_output(const Tensor& out2d, const Tensor& input, const TimeLayout& layout) {
   if (layout.packed) return out2d;
   return out2d.view({input.size(0), input.size(1), out2d.size(1)});
@@ -91,7 +98,7 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
                             const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx, const Tensor& cx,
                             const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr, bool reverse,
                             const Tensor& output, const Tensor& gates_saved, const Tensor& cells_saved,
-                            const Tensor& proj_in_saved) {
+                            const Tensor& proj_in_saved, bool input_grad) {
   const char* op = "lstm_layer_backward";
   // The kernels index rows by stride(0) and assume unit column stride: free when already contiguous.
   const Tensor gates = gates_saved.contiguous(), cells = cells_saved.contiguous();
@@ -127,7 +134,7 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
     at::mm_out(dh_s, dg, w_hh);
   }
   const Tensor h_prev = gather_previous(a.layout, out2d, hx.contiguous(), reverse);
-  Tensor grad_input = grad_gates.mm(w_ih).view(input.sizes());
+  Tensor grad_input = input_grad_or_empty(input_grad, grad_gates, w_ih, input);
   Tensor grad_w_hr = proj ? grad_h_all.t().mm(proj_in) : at::empty({0}, input.options());
   return {grad_input, dh, dc, grad_gates.t().mm(a.input2d), grad_gates.t().mm(h_prev), bias_grad(grad_gates),
           grad_w_hr};
@@ -163,7 +170,7 @@ Tensor4 gru_layer_forward(const Tensor& input, const OptTensor& batch_sizes, con
 Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
                            const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
                            bool reverse, const Tensor& output, const Tensor& gates_saved,
-                           const Tensor& hn_saved) {
+                           const Tensor& hn_saved, bool input_grad) {
   const char* op = "gru_layer_backward";
   const Tensor gates = gates_saved.contiguous(), hn = hn_saved.contiguous();
   auto a = check_layer(op, 3, input, batch_sizes, hx, w_ih, w_hh, std::nullopt, std::nullopt, std::nullopt);
@@ -184,7 +191,7 @@ Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
     gru_backward_pointwise(rows(gates, s), rows(hn, s), rows(h_prev, s), dh_s, rows(grad_gx, s), dgh);
     dh_s.addmm_(dgh, w_hh);
   }
-  return {grad_gx.mm(w_ih).view(input.sizes()), dh, grad_gx.t().mm(a.input2d), grad_gh.t().mm(h_prev),
+  return {input_grad_or_empty(input_grad, grad_gx, w_ih, input), dh, grad_gx.t().mm(a.input2d), grad_gh.t().mm(h_prev),
           bias_grad(grad_gx), bias_grad(grad_gh)};
 }
 
@@ -210,7 +217,7 @@ Tensor2 rnn_layer_forward(const Tensor& input, const OptTensor& batch_sizes, con
 // -> grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias [H]
 Tensor5 rnn_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
                            const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                           bool reverse, bool relu, const Tensor& output) {
+                           bool reverse, bool relu, const Tensor& output, bool input_grad) {
   const char* op = "rnn_layer_backward";
   auto a = check_layer(op, 1, input, batch_sizes, hx, w_ih, w_hh, std::nullopt, std::nullopt, std::nullopt);
   const int64_t H = a.H, N = a.layout.rows;
@@ -228,7 +235,7 @@ Tensor5 rnn_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
     at::mm_out(dh_s, dp, w_hh);
   }
   const Tensor h_prev = gather_previous(a.layout, out2d, hx.contiguous(), reverse);
-  return {grad_pre.mm(w_ih).view(input.sizes()), dh, grad_pre.t().mm(a.input2d), grad_pre.t().mm(h_prev),
+  return {input_grad_or_empty(input_grad, grad_pre, w_ih, input), dh, grad_pre.t().mm(a.input2d), grad_pre.t().mm(h_prev),
           bias_grad(grad_pre)};
 }
 

@@ -41,17 +41,18 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
                             const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx, const Tensor& cx,
                             const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr, bool reverse,
                             const Tensor& output, const Tensor& gates, const Tensor& cells,
-                            const Tensor& proj_in);
+                            const Tensor& proj_in, bool input_grad);
 Tensor4 gru_layer_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
                           const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, bool reverse);
 Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
                            const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                           bool reverse, const Tensor& output, const Tensor& gates, const Tensor& hn);
+                           bool reverse, const Tensor& output, const Tensor& gates, const Tensor& hn,
+                           bool input_grad);
 Tensor2 rnn_layer_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
                           const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, bool reverse,
                           bool relu);
 Tensor5 rnn_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
                            const OptTensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                           bool reverse, bool relu, const Tensor& output);
+                           bool reverse, bool relu, const Tensor& output, bool input_grad);
 
 }  // namespace seqops

@@ -23,6 +23,11 @@ def _rows(input, batch_sizes):
     return input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
 
 
+def _grad_input_like(input, input_grad):
+    # The backward ops skip the input-gradient GEMM when input_grad is False and return an empty tensor.
+    return torch.empty_like(input) if input_grad else input.new_empty(0)
+
+
 @torch.library.register_fake("seqops::lstm_layer_forward")
 def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     rows, hidden = _rows(input, batch_sizes), cx.shape[1]
@@ -33,8 +38,8 @@ def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
 
 @torch.library.register_fake("seqops::lstm_layer_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, reverse,
-                        output, gates, cells, proj_in):
-    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(cx), torch.empty_like(w_ih),
+                        output, gates, cells, proj_in, input_grad):
+    return (_grad_input_like(input, input_grad), torch.empty_like(hx), torch.empty_like(cx), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_ih.new_empty(w_ih.shape[0]),
             torch.empty_like(w_hr) if w_hr is not None else w_ih.new_empty(0))
 
@@ -47,8 +52,9 @@ def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
 
 
 @torch.library.register_fake("seqops::gru_layer_backward")
-def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, output, gates, hn):
-    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, output, gates, hn,
+                       input_grad):
+    return (_grad_input_like(input, input_grad), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
             w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape[0]))
 
 
@@ -58,8 +64,9 @@ def _rnn_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, r
 
 
 @torch.library.register_fake("seqops::rnn_layer_backward")
-def _rnn_backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, relu, output):
-    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+def _rnn_backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, relu, output,
+                       input_grad):
+    return (_grad_input_like(input, input_grad), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
             w_ih.new_empty(w_ih.shape[0]))
 
 
@@ -91,7 +98,8 @@ def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, *_saved_grads):
         return (*_through_reference("LSTM", ctx.reverse, inputs, (grad_out, grad_h_n, grad_c_n)), None)
     grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = _ops.lstm_layer_backward(
         zeros_if_none(grad_out, out), zeros_if_none(grad_h_n, hx), zeros_if_none(grad_c_n, cx), input,
-        batch_sizes, hx, cx, w_ih, w_hh, w_hr, ctx.reverse, out, gates, cells, proj_in)
+        batch_sizes, hx, cx, w_ih, w_hh, w_hr, ctx.reverse, out, gates, cells, proj_in,
+        ctx.needs_input_grad[0])
     return (grad_input, None, grad_hx, grad_cx, grad_w_ih, grad_w_hh, *_bias_grads(grad_bias, grad_bias, b_ih, b_hh),
             grad_w_hr if w_hr is not None else None, None)
 
@@ -115,7 +123,7 @@ def _gru_backward(ctx, grad_out, grad_h_n, *_saved_grads):
         return (*grads[:3], *grads[4:8], None)
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = _ops.gru_layer_backward(
         zeros_if_none(grad_out, out), zeros_if_none(grad_h_n, hx), input, batch_sizes, hx, w_ih, w_hh,
-        ctx.reverse, out, gates, hn)
+        ctx.reverse, out, gates, hn, ctx.needs_input_grad[0])
     return (grad_input, None, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(grad_b_ih, grad_b_hh, b_ih, b_hh), None)
 
 
@@ -138,7 +146,7 @@ def _rnn_backward(ctx, grad_out, grad_h_n):
         return (*grads[:3], *grads[4:8], None, None)
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = _ops.rnn_layer_backward(
         zeros_if_none(grad_out, out), zeros_if_none(grad_h_n, hx), input, batch_sizes, hx, w_ih, w_hh,
-        ctx.reverse, ctx.relu, out)
+        ctx.reverse, ctx.relu, out, ctx.needs_input_grad[0])
     return (grad_input, None, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(grad_bias, grad_bias, b_ih, b_hh),
             None, None)
 
