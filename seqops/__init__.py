@@ -5,12 +5,23 @@ from seqops import _extension
 _BUILD = _extension.load()
 
 from seqops import reference  # noqa: E402
+from seqops.convert import convert  # noqa: E402
+from seqops.nn.cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
+from seqops.nn.multihead_attention import MultiheadAttention  # noqa: E402
+from seqops.nn.rnn import GRU, LSTM, RNN  # noqa: E402
+from seqops.ops.attention import attention, attention_with_lse  # noqa: E402
 from seqops.ops.gru_cell import gru_cell  # noqa: E402
 from seqops.ops.lstm_cell import lstm_cell  # noqa: E402
 from seqops.ops.rnn_cell import rnn_relu_cell, rnn_tanh_cell  # noqa: E402
 from seqops.ops.rnn_layer import rnn_layer  # noqa: E402
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "MultiheadAttention",
+    "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell", "rnn_layer",
+    "attention", "attention_with_lse", "convert", "reference", "build_summary",
+]
 
 
 def build_summary():

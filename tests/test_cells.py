@@ -299,3 +299,16 @@ def test_cuda_matches_cpu(kind, dtype):
     for a, b in zip(outs + tuple(grads), outs_gpu + tuple(grads_gpu)):
         # cuBLAS and the CPU BLAS sum in different orders; the default fp32 tolerance covers it at this size.
         torch.testing.assert_close(a, b.cpu())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_functional_cells_follow_autocast(kind):
+    # Under autocast the op computes in the autocast dtype, like torch's cells; outside, in the input's dtype.
+    _, x, states, weights = make_case(kind, 3, 4, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = call(kind, CELLS[kind][0], x, states, weights)
+    low = [w.to(torch.bfloat16) if w is not None else None for w in weights]
+    expected = call(kind, CELLS[kind][0], x.bfloat16(), tuple(s.bfloat16() for s in states), low)
+    for ours, exp in zip(outs, expected):
+        assert ours.dtype == torch.bfloat16
+        torch.testing.assert_close(ours, exp)

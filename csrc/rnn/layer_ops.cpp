@@ -12,6 +12,7 @@
 #include "rnn/gemm.h"
 #include "rnn/ops.h"
 #include "rnn/pointwise.h"
+#include "rnn/step_gemm.h"
 #include "rnn/steps.h"
 
 namespace seqops {
@@ -79,14 +80,16 @@ Tensor6 lstm_layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
   Tensor cells = at::empty({N, H}, input.options());
   Tensor proj_in = at::empty({proj ? N : 0, H}, input.options());
   Tensor h = hx.contiguous().clone(), c = cx.contiguous().clone();
-  const Tensor w_hr_t = proj ? w_hr->t() : Tensor();
+  const StepGemm recurrent(w_hh, a.layout.batch);
+  const std::optional<StepGemm> projection = proj ? std::make_optional<StepGemm>(*w_hr, a.layout.batch)
+                                                  : std::nullopt;
   for (size_t i = 0; i < a.layout.steps.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
     Tensor g = rows(gates, s), h_out = rows(output, s), c_new = rows(cells, s);
-    add_recurrent(g, active(h, s), w_hh);
+    g.add_(recurrent(active(h, s)));
     Tensor r = proj ? rows(proj_in, s) : h_out;
     lstm_forward_pointwise(g, active(c, s), c_new, r);
-    if (proj) at::mm_out(h_out, r, w_hr_t);
+    if (proj) h_out.copy_((*projection)(r));
     active(h, s).copy_(h_out);
     active(c, s).copy_(c_new);
   }
@@ -119,7 +122,10 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
   Tensor grad_gates = at::empty({N, 4 * H}, input.options());
   Tensor dh = grad_h_n.contiguous().clone(), dc = grad_c_n.contiguous().clone();
   Tensor grad_h_all = at::empty({proj ? N : 0, P}, input.options());  // dL/dh per step, for grad_w_hr
-  Tensor dr = at::empty({proj ? a.layout.batch : 0, H}, input.options());
+  // Transposed weights: dh = dgates @ W_hh is the step product with W_hh^T; dr = dh @ W_hr likewise.
+  const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
+  const std::optional<StepGemm> projection_t =
+      proj ? std::make_optional<StepGemm>(w_hr->t(), a.layout.batch) : std::nullopt;
   for (size_t i = a.layout.steps.size(); i-- > 0;) {
     const Step s = a.layout.at(i, reverse);
     Tensor dh_s = active(dh, s), dg = rows(grad_gates, s);
@@ -127,11 +133,10 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
     Tensor d_pre_proj = dh_s;
     if (proj) {
       rows(grad_h_all, s).copy_(dh_s);
-      d_pre_proj = active(dr, s);
-      at::mm_out(d_pre_proj, dh_s, *w_hr);
+      d_pre_proj = (*projection_t)(dh_s);
     }
     lstm_backward_pointwise(rows(gates, s), rows(c_prev, s), rows(cells, s), d_pre_proj, active(dc, s), dg);
-    at::mm_out(dh_s, dg, w_hh);
+    dh_s.copy_(recurrent_t(dg));
   }
   const Tensor h_prev = gather_previous(a.layout, out2d, hx.contiguous(), reverse);
   Tensor grad_input = input_grad_or_empty(input_grad, grad_gates, w_ih, input);
@@ -150,16 +155,12 @@ Tensor4 gru_layer_forward(const Tensor& input, const OptTensor& batch_sizes, con
   Tensor gates = project(a.input2d, w_ih, b_ih);
   Tensor output = at::empty({N, H}, input.options());
   Tensor hn = at::empty({N, H}, input.options());
-  Tensor gates_h = at::empty({a.layout.batch, 3 * H}, input.options());  // reused by every step
   Tensor h = hx.contiguous().clone();
-  const Tensor w_hh_t = w_hh.t();
+  const StepGemm recurrent(w_hh, a.layout.batch);
   for (size_t i = 0; i < a.layout.steps.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
-    Tensor gh = active(gates_h, s), h_s = active(h, s), h_out = rows(output, s);
-    if (b_hh.has_value())
-      at::addmm_out(gh, *b_hh, h_s, w_hh_t);
-    else
-      at::mm_out(gh, h_s, w_hh_t);
+    Tensor h_s = active(h, s), h_out = rows(output, s);
+    const Tensor gh = recurrent(h_s, b_hh);  // W_hh h + b_hh, kept apart: r multiplies its n part
     gru_forward_pointwise(rows(gates, s), gh, h_s, h_out, rows(hn, s));
     h_s.copy_(h_out);
   }
@@ -184,12 +185,13 @@ Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
   Tensor grad_gx = at::empty({N, 3 * H}, input.options());
   Tensor grad_gh = at::empty({N, 3 * H}, input.options());
   Tensor dh = grad_h_n.contiguous().clone();
+  const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
   for (size_t i = a.layout.steps.size(); i-- > 0;) {
     const Step s = a.layout.at(i, reverse);
     Tensor dh_s = active(dh, s), dgh = rows(grad_gh, s);
     dh_s.add_(rows(grad_out, s));
     gru_backward_pointwise(rows(gates, s), rows(hn, s), rows(h_prev, s), dh_s, rows(grad_gx, s), dgh);
-    dh_s.addmm_(dgh, w_hh);
+    dh_s.add_(recurrent_t(dgh));
   }
   return {input_grad_or_empty(input_grad, grad_gx, w_ih, input), dh, grad_gx.t().mm(a.input2d), grad_gh.t().mm(h_prev),
           bias_grad(grad_gx), bias_grad(grad_gh)};
@@ -204,10 +206,11 @@ Tensor2 rnn_layer_forward(const Tensor& input, const OptTensor& batch_sizes, con
   c10::OptionalDeviceGuard guard(input.device());
   Tensor output = project(a.input2d, w_ih, b_ih, b_hh);  // activated in place, step by step
   Tensor h = hx.contiguous().clone();
+  const StepGemm recurrent(w_hh, a.layout.batch);
   for (size_t i = 0; i < a.layout.steps.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
     Tensor pre = rows(output, s), h_s = active(h, s);
-    add_recurrent(pre, h_s, w_hh);
+    pre.add_(recurrent(h_s));
     rnn_forward_pointwise(pre, pre, relu);
     h_s.copy_(pre);
   }
@@ -227,12 +230,13 @@ Tensor5 rnn_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
   const Tensor out2d = output.reshape({N, H}).contiguous();
   Tensor grad_pre = at::empty({N, H}, input.options());
   Tensor dh = grad_h_n.contiguous().clone();
+  const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
   for (size_t i = a.layout.steps.size(); i-- > 0;) {
     const Step s = a.layout.at(i, reverse);
     Tensor dh_s = active(dh, s), dp = rows(grad_pre, s);
     dh_s.add_(rows(grad_out, s));
     rnn_backward_pointwise(rows(out2d, s), dh_s, dp, relu);
-    at::mm_out(dh_s, dp, w_hh);
+    dh_s.copy_(recurrent_t(dp));
   }
   const Tensor h_prev = gather_previous(a.layout, out2d, hx.contiguous(), reverse);
   return {input_grad_or_empty(input_grad, grad_pre, w_ih, input), dh, grad_pre.t().mm(a.input2d), grad_pre.t().mm(h_prev),

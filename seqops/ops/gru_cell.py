@@ -3,6 +3,7 @@
 import torch
 
 from seqops import reference
+from seqops.nn._autocast import with_autocast
 from seqops.ops._autograd import double_backward_through
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
 
@@ -45,6 +46,7 @@ def _backward(ctx, grad_h1, _grad_gates, _grad_hn):
 torch.library.register_autograd("seqops::gru_cell_forward", _backward, setup_context=_setup_context)
 
 
+@with_autocast
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One GRU step, like ``torch.gru_cell``: ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``.
 

@@ -3,6 +3,7 @@
 import torch
 
 from seqops import reference
+from seqops.nn._autocast import with_autocast
 from seqops.ops._autograd import double_backward_through, zeros_if_none
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
 
@@ -47,6 +48,7 @@ def _backward(ctx, grad_h1, grad_c1, _grad_gates):
 torch.library.register_autograd("seqops::lstm_cell_forward", _backward, setup_context=_setup_context)
 
 
+@with_autocast
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One LSTM step, like ``torch.lstm_cell``: returns ``(h1, c1)``.
 

@@ -3,6 +3,7 @@
 import torch
 
 from seqops import reference
+from seqops.nn._autocast import with_autocast
 from seqops.ops._autograd import double_backward_through
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
 
@@ -50,11 +51,13 @@ def _rnn_cell(name, relu, input, hx, w_ih, w_hh, b_ih, b_hh):
     return h1.squeeze(0) if unbatched else h1
 
 
+@with_autocast
 def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One vanilla RNN step, like ``torch.rnn_tanh_cell``: ``tanh(W_ih x + b_ih + W_hh h + b_hh)``."""
     return _rnn_cell("rnn_tanh_cell", False, input, hx, w_ih, w_hh, b_ih, b_hh)
 
 
+@with_autocast
 def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One vanilla RNN step, like ``torch.rnn_relu_cell``: ``relu(W_ih x + b_ih + W_hh h + b_hh)``."""
     return _rnn_cell("rnn_relu_cell", True, input, hx, w_ih, w_hh, b_ih, b_hh)

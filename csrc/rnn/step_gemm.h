@@ -1,0 +1,75 @@
+// The per-step GEMM of a recurrence: the same weight multiplies a small batch of states T times.
+//
+// On the CPU (float32/bfloat16) the weight is reordered once into oneDNN's blocked layout through ATen's
+// mkldnn ops (what torch's own fused CPU RNN runs on), so no step repacks it: measured ~30% faster per step
+// than at::mm at [32, 256] x [256, 1024] on an AMD EPYC, where MKL's sgemm takes a generic path. Elsewhere
+// (CUDA: cuBLAS; float64; no oneDNN) it is at::mm. SEQOPS_ONEDNN=0 forces at::mm.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
+namespace seqops {
+
+using at::Tensor;
+
+class StepGemm {
+ public:
+  // weight: [G, P]; the product is h [b, P] -> [b, G] = h W^T (+ bias [G]). batch_hint: the usual b.
+  StepGemm(const Tensor& weight, int64_t batch_hint) : weight_(weight) {
+    if (onednn_ops() != nullptr && usable(weight)) {
+      torch::jit::Stack stack{weight.contiguous(), c10::IValue(std::max<int64_t>(batch_hint, 1))};
+      onednn_ops()->reorder.callBoxed(&stack);
+      packed_ = stack[0].toTensor();
+    }
+  }
+
+  // h: [b, P] -> [b, G], a new tensor
+  Tensor operator()(const Tensor& h, const std::optional<Tensor>& bias = std::nullopt) const {
+    if (packed_.defined() && h.size(0) > 0) {
+      torch::jit::Stack stack{h.contiguous(), packed_, bias.has_value() ? c10::IValue(*bias) : c10::IValue(),
+                              c10::IValue("none"), c10::IValue(c10::List<std::optional<at::Scalar>>()),
+                              c10::IValue()};
+      onednn_ops()->linear.callBoxed(&stack);
+      return stack[0].toTensor();
+    }
+    return bias.has_value() ? at::addmm(*bias, h, weight_.t()) : at::mm(h, weight_.t());
+  }
+
+  bool uses_onednn() const { return packed_.defined(); }
+
+ private:
+  struct OneDnnOps {
+    c10::OperatorHandle reorder, linear;
+  };
+
+  // ATen's internal mkldnn ops, looked up once; null where this torch has none.
+  static const OneDnnOps* onednn_ops() {
+    static const std::optional<OneDnnOps> ops = []() -> std::optional<OneDnnOps> {
+      const char* env = std::getenv("SEQOPS_ONEDNN");
+      if ((env != nullptr && std::strcmp(env, "0") == 0) || !at::hasMKLDNN()) return std::nullopt;
+      auto& dispatcher = c10::Dispatcher::singleton();
+      auto reorder = dispatcher.findSchema({"mkldnn::_reorder_linear_weight", ""});
+      auto linear = dispatcher.findSchema({"mkldnn::_linear_pointwise", ""});
+      if (!reorder || !linear) return std::nullopt;
+      return OneDnnOps{*reorder, *linear};
+    }();
+    return ops ? &*ops : nullptr;
+  }
+
+  static bool usable(const Tensor& w) {
+    const auto st = w.scalar_type();
+    return w.device().is_cpu() && (st == at::kFloat || st == at::kBFloat16) &&
+           at::globalContext().userEnabledMkldnn() && w.numel() > 0;
+  }
+
+  Tensor weight_;
+  Tensor packed_;
+};
+
+}  // namespace seqops

@@ -1,0 +1,261 @@
+"""Pieces shared by the attention kernels: tile configurations, the dropout draw, launch helpers.
+
+Configurations. The interpreter runs one program at a time and cannot autotune over several configs, so on CPU
+tensors one fixed, small tile is used. On CUDA the tiles are autotuned per (length bucket, head dims, causal,
+mask kind, dropout, dtype) over a list chosen by compute capability at launch (never at import):
+  - sm90 (H100/H200, 227 KB shared memory per block, 4th-gen tensor cores that want M >= 64 per warpgroup):
+    128-row query tiles with 64/128-key tiles and 3-4 pipeline stages for head dims <= 128; head dim 256 only
+    fits two stages of 64-key tiles beside a 128 x 256 Q tile, so smaller tiles there.
+  - anything else (sm80 has 164 KB, consumer parts about 100 KB): a short, conservative list with 2-3 stages.
+Every list is pruned by an estimate of shared memory (the resident tile plus one streamed tile pair per
+stage), so a configuration that cannot launch is never tried.
+"""
+
+import contextlib
+import os
+import warnings
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+# The same constants for use inside kernels (a global a kernel reads must be a constexpr).
+LOG2E_K = tl.constexpr(1.4426950408889634)
+LN2_K = tl.constexpr(0.6931471805599453)
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# (BLOCK_M, BLOCK_N) of the fixed interpreter config: the largest tiles that keep per-program numpy work cheap
+# while small test shapes still span several blocks (exercising the block loops and boundaries).
+INTERPRET_BLOCKS = (32, 16)
+
+
+@triton.jit
+def tile_and_head(n_tiles, REVERSE: tl.constexpr):
+    """(tile, head row) of this program in a 1-D grid of n_tiles * heads programs.
+
+    One grid axis: axis 1 of a CUDA grid stops at 65535, fewer than B * H can be. Tiles of one head are
+    adjacent in launch order, so they share its K/V in L2. REVERSE (causal) launches the longest-running tiles
+    first, which balances the tail of the grid.
+    """
+    pid = tl.program_id(0)
+    tile = pid % n_tiles
+    if REVERSE:
+        tile = n_tiles - 1 - tile
+    return tile, pid // n_tiles
+
+
+@triton.jit
+def load_tile(ptrs, rows_ok, cols_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
+    """tl.load with only the bounds that can fail: an unmasked (or row-only masked) load stays vectorised,
+    which a runtime `offs_d < E` test would prevent even when E fills the tile."""
+    if CHECK_ROWS and CHECK_COLS:
+        return tl.load(ptrs, mask=rows_ok & cols_ok, other=0.0)
+    elif CHECK_ROWS:
+        return tl.load(ptrs, mask=rows_ok, other=0.0)
+    elif CHECK_COLS:
+        return tl.load(ptrs, mask=cols_ok, other=0.0)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
+def apply_score_masks(
+    s, rows, cols, Mask_head, smm, smn, L, S,
+    MASK_KIND: tl.constexpr, ON_DIAGONAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr,
+):
+    """Scores s (log2 units) with the boolean / additive mask, the causal diagonal and the bounds applied.
+
+    rows, cols: query and key indices broadcastable to s ([M, 1] and [1, N], or transposed for s^T), so the
+    forward and both backward passes mask identically whatever the tile orientation. CHECK_BOUNDS: False for
+    tiles that lie wholly inside [0, L) x [0, S) along the streamed axis (the stationary axis needs no test:
+    its rows past the end are never stored, and their zero-filled inputs contribute nothing).
+    """
+    valid = (rows < L) & (cols < S)
+    if MASK_KIND == 1:
+        keep = tl.load(Mask_head + rows * smm + cols * smn, mask=valid, other=0)
+        s = tl.where(keep != 0, s, float("-inf"))
+    elif MASK_KIND == 2:
+        bias = tl.load(Mask_head + rows * smm + cols * smn, mask=valid, other=0.0)
+        s = s + bias.to(tl.float32) * LOG2E_K
+    if ON_DIAGONAL:
+        s = tl.where(rows >= cols, s, float("-inf"))
+    if CHECK_BOUNDS:
+        s = tl.where(valid, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def dropout_keep(seed, bh, rows, cols, L, S, dropout_p):
+    """Keep-mask of the attention probabilities at (rows, cols) (broadcastable index blocks, as above) of head
+    row bh (= b * Hq + h).
+
+    One philox draw per (bh, i, j), indexed by the flat position in a [B*Hq, L, S] grid, so the forward, both
+    backward kernels and the materialising helper regenerate exactly the same mask from (seed, position).
+    """
+    base = bh.to(tl.int64) * L * S
+    offsets = base + rows.to(tl.int64) * S + cols.to(tl.int64)
+    return tl.rand(seed, offsets) >= dropout_p
+
+
+def next_pow2_at_least_16(n):
+    # tl.dot needs every dimension >= 16; head dims that are not powers of two are padded and masked.
+    return max(16, triton.next_power_of_2(n))
+
+
+def padded_head_dims(E, EV):
+    return next_pow2_at_least_16(E) != E or next_pow2_at_least_16(EV) != EV
+
+
+def length_bucket(n):
+    # Autotuning per exact length would re-tune for every new sequence length; per power of two it is enough.
+    return triton.next_power_of_2(max(n, 1))
+
+
+def _smem_bytes(resident, streamed, block_d, block_dv, stages, elt):
+    # The resident tile (Q, or K and V for dK/dV) plus one streamed tile pair per pipeline stage.
+    return (resident * (block_d + block_dv) + stages * streamed * (block_d + block_dv)) * elt
+
+
+def prune_by_shared_memory(budget, resident="BLOCK_M", streamed="BLOCK_N"):
+    def prune(configs, named_args, **kwargs):
+        elt = named_args["Q"].element_size()
+        block_d, block_dv = kwargs.get("BLOCK_D", named_args.get("BLOCK_D")), kwargs.get(
+            "BLOCK_DV", named_args.get("BLOCK_DV")
+        )
+        kept = [
+            c
+            for c in configs
+            if _smem_bytes(c.kwargs[resident], c.kwargs[streamed], block_d, block_dv, c.num_stages, elt)
+            <= budget
+        ]
+        # Keep at least the smallest config so a launch always has something to run.
+        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
+
+    return prune
+
+
+def _configs(triples, warps_stages):
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for (m, n) in triples
+        for (w, s) in warps_stages
+    ]
+
+
+# Forward and dQ: BLOCK_M query rows stay resident, BLOCK_N keys stream. BLOCK_M % BLOCK_N == 0 always (the
+# causal loop splits at a query-block boundary that must also be a key-block boundary).
+# The (64, 32) two-stage entries are what head dim 256 (and fp32 at 128) fit into.
+FWD_CONFIGS_SM90 = _configs([(128, 64), (128, 128), (64, 64)], [(4, 3), (8, 3), (8, 4)]) + _configs(
+    [(64, 32)], [(4, 2)])
+FWD_CONFIGS_DEFAULT = _configs([(128, 64), (64, 64), (64, 32)], [(4, 2), (4, 3)])
+# dK/dV: BLOCK_N keys stay resident and BLOCK_M query rows stream, so here BLOCK_N is the larger tile.
+DKDV_CONFIGS_SM90 = _configs([(64, 128), (32, 128), (64, 64)], [(4, 3), (8, 3)]) + _configs(
+    [(32, 64)], [(4, 2)])
+DKDV_CONFIGS_DEFAULT = _configs([(32, 64), (64, 64)], [(4, 2)]) + _configs([(16, 32)], [(4, 2)])
+DQ_CONFIGS_SM90 = _configs([(128, 64), (64, 64)], [(4, 3), (8, 3)]) + _configs([(64, 32)], [(4, 2)])
+DQ_CONFIGS_DEFAULT = _configs([(64, 64), (64, 32)], [(4, 2)])
+
+# Shared-memory budgets per block, bytes (opt-in maxima: sm90 227 KB; the default assumes sm80's 163 KB and
+# relies on the smallest-config fallback on smaller parts).
+SMEM_SM90 = 227 * 1024
+SMEM_DEFAULT = 160 * 1024
+
+AUTOTUNE_KEY = [
+    "L_BUCKET", "S_BUCKET", "BLOCK_D", "BLOCK_DV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "USE_TMA",
+]
+
+
+def is_sm90(device):
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+
+
+def dot_precision(dtype):
+    # fp32 inputs must give fp32 accuracy: no tf32 rounding of the operands.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+MASK_NONE, MASK_BOOL, MASK_FLOAT = 0, 1, 2
+
+
+def mask_kind(mask):
+    if mask is None:
+        return MASK_NONE
+    return MASK_BOOL if mask.dtype == torch.bool else MASK_FLOAT
+
+
+def mask_args(mask, like):
+    """(pointer tensor, 4 strides) of a [B, H, L, S] mask view; bool is read as uint8 (same storage)."""
+    if mask is None:
+        return like, (0, 0, 0, 0)
+    ptr = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+    return ptr, tuple(mask.stride())
+
+
+# TMA (Hopper's tensor memory accelerator) for the streamed tiles: on by default on sm90
+# (SEQOPS_ATTENTION_TMA=0 turns it off); in the interpreter only when a test asks for it (TMA_IN_INTERPRETER):
+# it runs there but gains nothing. A TMA launch failure (a Triton build whose lowering rejects it) turns
+# it off for the process.
+TMA_ENABLED = os.environ.get("SEQOPS_ATTENTION_TMA", "1") != "0"
+TMA_IN_INTERPRETER = False
+
+
+def tma_eligible(*tensors):
+    """TMA needs 16-byte aligned bases and strides, a unit last stride, and Triton's descriptor API."""
+    if not hasattr(tl, "make_tensor_descriptor"):
+        return False
+    for t in tensors:
+        elt = t.element_size()
+        # Batch/head strides only move the per-head base (0 is fine); the row stride must be nonzero.
+        if t.stride(-1) != 1 or t.stride(-2) == 0 or t.data_ptr() % 16:
+            return False
+        if any((st * elt) % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _descriptor_scratch(device):
+    """In-kernel descriptors need a little global scratch memory: lend torch's allocator for this launch only,
+    unless the caller has already set one (triton.set_allocator is process-wide otherwise)."""
+    try:
+        from triton.runtime import _allocation
+    except ImportError:  # another Triton layout: rely on the caller's allocator
+        yield
+        return
+    if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        yield
+        return
+    def scratch(size, alignment, stream):
+        return torch.empty(size, dtype=torch.int8, device=device)
+
+    token = _allocation._allocator.set(scratch)
+    try:
+        yield
+    finally:
+        _allocation._allocator.reset(token)
+
+
+def launch_with_optional_tma(launcher, args, meta, streamed):
+    """Launch `launcher(*args, **meta, USE_TMA=...)` with TMA when the device, the build and the streamed
+    tensors allow it; otherwise (or if the TMA launch fails) with plain pointer loads."""
+    global TMA_ENABLED
+    device = streamed[0].device
+    if device.type == "cuda" and not INTERPRETING:
+        wanted, guard = TMA_ENABLED and is_sm90(device), torch.cuda.device(device)
+    else:
+        wanted, guard = TMA_IN_INTERPRETER, contextlib.nullcontext()
+    with guard:
+        if wanted and tma_eligible(*streamed):
+            try:
+                with _descriptor_scratch(device):
+                    launcher(*args, **meta, USE_TMA=True)
+                return
+            except Exception as err:  # noqa: BLE001 - any failure of the optional path falls back
+                if device.type != "cuda":
+                    raise
+                TMA_ENABLED = False
+                warnings.warn(f"seqops attention: a TMA kernel failed to launch ({type(err).__name__}: "
+                              f"{err}); using pointer loads from now on", RuntimeWarning, stacklevel=3)
+        launcher(*args, **meta, USE_TMA=False)

@@ -1,0 +1,73 @@
+"""``seqops.convert(model)``: swap torch.nn's recurrent (and attention) modules for their seqops twins.
+
+A twin takes over the original module's state as it is: the same ``Parameter`` objects (so optimizers,
+weight tying, ``requires_grad`` flags and DDP's parameter lists keep working), buffers, hooks, training
+mode and any attribute set on it. Device and dtype follow from the shared parameters. This works because
+every twin is built on the same torch.nn base class as the module it replaces and adds no state of its own.
+"""
+
+import copy
+import importlib
+
+from torch import nn
+
+from seqops.nn.cells import GRUCell, LSTMCell, RNNCell
+from seqops.nn.rnn import GRU, LSTM, RNN
+
+__all__ = ["convert"]
+
+_RNN_TWINS = {
+    nn.LSTM: LSTM,
+    nn.GRU: GRU,
+    nn.RNN: RNN,
+    nn.LSTMCell: LSTMCell,
+    nn.GRUCell: GRUCell,
+    nn.RNNCell: RNNCell,
+}
+
+
+def _twins():
+    """torch.nn class -> seqops class. Exact classes only: a user's subclass may override forward, and a
+    parametrized module (torch.nn.utils.parametrize) is an instance of a generated subclass."""
+    twins = dict(_RNN_TWINS)
+    try:  # written separately; swapped once it exists
+        mha = importlib.import_module("seqops.nn.multihead_attention").MultiheadAttention
+    except (ImportError, AttributeError):
+        mha = None
+    if mha is not None and issubclass(mha, nn.MultiheadAttention):
+        twins[nn.MultiheadAttention] = mha
+    return twins
+
+
+def _twin_of(module, twin_class):
+    twin = twin_class.__new__(twin_class)
+    # One level of copying: the twin gets its own hook / parameter / submodule dicts and _flat_weights
+    # list (so later edits to one module do not leak into the other) holding the same objects.
+    twin.__dict__.update(
+        {k: copy.copy(v) if isinstance(v, (dict, list, set)) else v for k, v in module.__dict__.items()}
+    )
+    return twin
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.LSTM/GRU/RNN/LSTMCell/GRUCell/RNNCell`` (and ``nn.MultiheadAttention`` when seqops
+    has it) inside ``model`` by its seqops twin, in place; returns ``model``, or the twin if ``model`` itself
+    is such a module. A module used at several places becomes one twin used at the same places.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"seqops.convert expects a torch.nn.Module, got {type(model).__name__}")
+    twins = _twins()
+    done = {}  # id(original) -> twin
+
+    def swap(module):
+        key = id(module)
+        if key not in done:
+            twin_class = twins.get(type(module))
+            done[key] = module if twin_class is None else _twin_of(module, twin_class)
+            if twin_class is None:
+                for name, child in list(module._modules.items()):
+                    if child is not None:
+                        module._modules[name] = swap(child)
+        return done[key]
+
+    return swap(model)

@@ -1,0 +1,179 @@
+"""Drop-in ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` running seqops' fused layer op.
+
+Each class subclasses ``torch.nn.RNNBase`` (not ``nn.LSTM`` & co.) and so inherits torch.nn's constructor
+checks, parameter registration and names, ``reset_parameters``, ``state_dict``, ``_flat_weights``
+bookkeeping, ``all_weights``, ``extra_repr`` and pickling; only ``forward`` and ``flatten_parameters``
+are overridden. Not inheriting from ``nn.LSTM``/``nn.GRU``/``nn.RNN`` is deliberate: TorchDynamo refuses
+to trace any instance of those three classes (a graph break, an error under ``fullgraph=True``), which
+would defeat the point of a compilable RNN. ``isinstance(m, nn.RNNBase)`` holds.
+
+Under ``torch.autocast`` the modules compute in the autocast dtype on every device (see _autocast.py).
+"""
+
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from seqops.nn._autocast import autocast_dtype, autocast_off, cast
+from seqops.ops.rnn_layer import rnn_layer
+from seqops.ops.rnn_stack import rnn_stack, weights_from_module
+
+__all__ = ["LSTM", "GRU", "RNN"]
+
+
+class _SeqopsRNNBase(nn.RNNBase):
+    """Shared forward: torch.nn's argument checks, then the common stack over the fused layer op."""
+
+    # torch.nn's own wording per class, so errors read the same as with the module being replaced.
+    _input_dim_error = "{name}: Expected input to be 2D or 3D, got {dim}D instead"
+
+    def flatten_parameters(self) -> None:
+        """Accepted for compatibility and does nothing.
+
+        cuDNN wants all weights in one buffer; seqops' kernels read each weight tensor where it is, so there
+        is nothing to gain (and no cuDNN call to make).
+        """
+
+    def forward(self, input, hx=None):
+        weights = weights_from_module(self)
+        device_type = (input.data if isinstance(input, PackedSequence) else input).device.type
+        dtype = autocast_dtype(device_type)
+        if dtype is not None:
+            input, hx, weights = cast(input, dtype), cast(hx, dtype), [cast(w, dtype) for w in weights]
+        self._check_args(input, hx)
+        with autocast_off(device_type, dtype):
+            return rnn_stack(
+                self.mode,
+                input,
+                hx,
+                weights,
+                num_layers=self.num_layers,
+                bidirectional=self.bidirectional,
+                batch_first=self.batch_first,
+                dropout=self.dropout,
+                training=self.training,
+                layer=rnn_layer,
+            )
+
+    # ---- argument checks: same order, error types and messages as torch.nn's forward ----
+
+    def _check_args(self, input, hx):
+        self._update_flat_weights()  # check_input reads the dtype of _flat_weights[0]
+        if isinstance(input, PackedSequence):
+            data, batch_sizes = input.data, input.batch_sizes
+        else:
+            data, batch_sizes = input, None
+            if input.dim() not in (2, 3):
+                raise ValueError(self._input_dim_error.format(name=self.mode.split("_")[0], dim=input.dim()))
+            if input.dim() == 2:  # unbatched: the batch dim is 1 (or 0 with batch_first)
+                data = input.unsqueeze(0 if self.batch_first else 1)
+            if hx is not None:
+                hx = self._batched_hx(hx, batched=input.dim() == 3)
+        if hx is None:
+            self.check_input(data, batch_sizes)
+        else:
+            self.check_forward_args(data, hx, batch_sizes)
+        if batch_sizes is None and data.size(1 if self.batch_first else 0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        self._check_devices_and_dtypes(data, hx)
+
+    def _batched_hx(self, hx, batched):
+        if batched and hx.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        if not batched and hx.dim() != 2:
+            raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+        return hx if batched else hx.unsqueeze(1)
+
+    def _states(self, hx):
+        return [] if hx is None else [hx]
+
+    def _check_devices_and_dtypes(self, data, hx):
+        weight = self._flat_weights[0]
+        if data.device != weight.device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor at "
+                f"{data.device} and parameter tensor at {weight.device}"
+            )
+        for state in self._states(hx):
+            if state.device != data.device:
+                raise RuntimeError(
+                    "Input and hidden tensors are not at the same device, found input tensor at "
+                    f"{data.device} and hidden tensor at {state.device}"
+                )
+            if state.dtype != data.dtype:
+                raise RuntimeError(
+                    "Input and hidden tensors are not the same dtype, found input tensor with "
+                    f"{data.dtype} and hidden tensor with {state.dtype}"
+                )
+
+
+class LSTM(_SeqopsRNNBase):
+    """``torch.nn.LSTM`` with the same constructor, parameters, state_dict and semantics.
+
+    LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+         bidirectional=False, proj_size=0, device=None, dtype=None)
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+
+    # torch.nn.LSTM's helpers, which nn.RNNBase lacks; the same code path as nn.LSTM's for messages.
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+
+    def _batched_hx(self, hx, batched):
+        h, c = hx[0], hx[1]
+        if batched and (h.dim() != 3 or c.dim() != 3):
+            raise RuntimeError(
+                "For batched 3-D input, hx and cx should also be 3-D but got "
+                f"({h.dim()}-D, {c.dim()}-D) tensors"
+            )
+        if not batched and (h.dim() != 2 or c.dim() != 2):
+            raise RuntimeError(
+                "For unbatched 2-D input, hx and cx should also be 2-D but got "
+                f"({h.dim()}-D, {c.dim()}-D) tensors"
+            )
+        return (h, c) if batched else (h.unsqueeze(1), c.unsqueeze(1))
+
+    def _states(self, hx):
+        return [] if hx is None else [hx[0], hx[1]]
+
+
+class GRU(_SeqopsRNNBase):
+    """``torch.nn.GRU`` with the same constructor, parameters, state_dict and semantics.
+
+    GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, device=None, dtype=None)
+    """
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+
+class RNN(_SeqopsRNNBase):
+    """``torch.nn.RNN`` with the same constructor, parameters, state_dict and semantics.
+
+    RNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+        dropout=0.0, bidirectional=False, device=None, dtype=None)
+    """
+
+    _input_dim_error = "{name}: Expected input to be 2D or 3D, got {dim}D tensor instead"
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        # Like torch.nn.RNN, nonlinearity is the 4th positional argument but not one of RNNBase's.
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif self.nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(mode, *args, **kwargs)

@@ -1,0 +1,344 @@
+"""seqops.attention: F.scaled_dot_product_attention on fused Triton flash-attention kernels.
+
+Two custom ops on a canonical layout (q [B, H, L, E], k [B, Hkv, S, E], v [B, Hkv, S, Ev], mask a [B, H, L, S]
+view): ``seqops::attention_fwd`` -> (out, lse) and ``seqops::attention_bwd``. The public functions validate,
+broadcast leading dims and the mask by stride-0 views, and draw the dropout seed from torch's generator of the
+device (so ``torch.manual_seed`` reproduces a dropout draw, and the backward regenerates the same mask).
+
+Routing: CUDA tensors run the Triton kernels; CPU tensors run the reference, except when
+``TRITON_INTERPRET=1`` was set before import, when they run the Triton kernels in the interpreter. float64 and
+head dims above 256 run the reference everywhere.
+"""
+
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from seqops.ops._autograd import double_backward_through
+from seqops.reference.attention import attention_with_lse as reference_attention_with_lse
+
+__all__ = ["attention", "attention_with_lse", "attention_dropout_mask"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_KERNEL_HEAD_DIM = 256
+_ops = torch.ops.seqops
+
+
+def _triton_available():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _runs_kernels(q, v):
+    if q.dtype not in _KERNEL_DTYPES or max(q.shape[-1], v.shape[-1]) > MAX_KERNEL_HEAD_DIM:
+        return False
+    if q.device.type == "cuda" or (q.device.type == "cpu" and _INTERPRET):
+        return _triton_available()
+    return False
+
+
+def _draw_seed(device):
+    # One draw from the device's default generator: torch.manual_seed makes it, and so the mask, reproducible.
+    return torch.randint(0, 2**62, (1,), device=device, dtype=torch.int64)
+
+
+def attention_dropout_mask(seed, B, H, L, S, dropout_p):
+    """The boolean keep-mask [B, H, L, S] that the attention op with this seed uses (True = kept and scaled by
+    1 / (1 - p)). Drawn by the same philox stream as the kernels, or by a CPU generator seeded with ``seed``
+    on the reference path."""
+    if (seed.device.type == "cuda" or _INTERPRET) and _triton_available():
+        from seqops.kernels.attention_dropout import attention_dropout_mask as kernel_mask
+
+        return kernel_mask(seed, B, H, L, S, dropout_p)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed.item()))
+    return (torch.rand((B, H, L, S), generator=gen) >= dropout_p).to(seed.device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The reference path of the ops (CPU without the interpreter, float64, head dims > 256).
+
+
+def _lse_dtype(dtype):
+    # The lse is float32 (float64 for float64 inputs, so gradcheck sees an exact function).
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _reference_forward(q, k, v, mask, seed, scale, is_causal, dropout_p):
+    B, H, L, _ = q.shape
+    keep = attention_dropout_mask(seed, B, H, L, k.shape[2], dropout_p) if dropout_p > 0 else None
+    out, lse = reference_attention_with_lse(
+        q, k, v, mask, dropout_p, is_causal, scale, enable_gqa=True, upcast=True, dropout_mask=keep
+    )
+    return out.contiguous(), lse.to(_lse_dtype(q.dtype))
+
+
+def _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_causal, dropout_p):
+    # Explicit flash-attention backward formulas in float32 (float64 for float64), probabilities recomputed.
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    B, H, L, _ = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    group = H // Hkv
+    qc, doc = q.to(ct), dout.to(ct)
+    kc, vc = k.to(ct).repeat_interleave(group, 1), v.to(ct).repeat_interleave(group, 1)
+    scores = (qc @ kc.transpose(-2, -1)) * scale
+    if is_causal:
+        causal = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.to(ct)
+    lse_c = lse.to(ct)
+    p = torch.exp(scores - torch.where(torch.isneginf(lse_c), torch.zeros_like(lse_c), lse_c)[..., None])
+    dp = doc @ vc.transpose(-2, -1)
+    if dropout_p > 0:
+        keep = attention_dropout_mask(seed, B, H, L, S, dropout_p).to(ct)
+        drop_scale = 0.0 if dropout_p >= 1 else 1.0 / (1.0 - dropout_p)
+        p_dropped, dp = p * keep * drop_scale, dp * keep * drop_scale
+    else:
+        p_dropped = p
+    delta = (doc * out.to(ct)).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.to(ct)
+    ds = p * (dp - delta[..., None])
+    dq = (ds @ kc) * scale
+    dk = ((ds.transpose(-2, -1) @ qc) * scale).unflatten(1, (Hkv, group)).sum(2)
+    dv = (p_dropped.transpose(-2, -1) @ doc).unflatten(1, (Hkv, group)).sum(2)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), ds.to(_lse_dtype(q.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The custom ops.
+
+
+@torch.library.custom_op("seqops::attention_fwd", mutates_args=())
+def attention_fwd(
+    q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], seed: Optional[Tensor],
+    scale: float, is_causal: bool, dropout_p: float,
+) -> tuple[Tensor, Tensor]:
+    # q: [B, H, L, E], k: [B, Hkv, S, E], v: [B, Hkv, S, Ev], mask: [B, H, L, S] view, seed: [1] int64
+    # -> out: [B, H, L, Ev] (q.dtype), lse: [B, H, L] fp32, fp64 for fp64 (natural log, -inf if fully masked)
+    if _runs_kernels(q, v):
+        from seqops.kernels.attention_fwd import attention_forward
+
+        return attention_forward(q, k, v, mask, scale, is_causal, dropout_p, seed)
+    return _reference_forward(q, k, v, mask, seed, scale, is_causal, dropout_p)
+
+
+@attention_fwd.register_fake
+def _attention_fwd_fake(q, k, v, mask, seed, scale, is_causal, dropout_p):
+    B, H, L, _ = q.shape
+    return q.new_empty((B, H, L, v.shape[-1])), q.new_empty((B, H, L), dtype=_lse_dtype(q.dtype))
+
+
+@torch.library.custom_op("seqops::attention_bwd", mutates_args=())
+def attention_bwd(
+    dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
+    seed: Optional[Tensor], out: Tensor, lse: Tensor, scale: float, is_causal: bool, dropout_p: float,
+    need_dmask: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # -> dq [B, H, L, E], dk [B, Hkv, S, E], dv [B, Hkv, S, Ev],
+    #    dmask [B, H, L, S] in the lse dtype ([0] when not needed)
+    if _runs_kernels(q, v):
+        from seqops.kernels.attention_bwd import attention_backward
+
+        dq, dk, dv, dmask = attention_backward(
+            dout, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed, need_dmask, dlse=dlse
+        )
+    else:
+        dq, dk, dv, dmask = _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_causal,
+                                                dropout_p)
+    if not need_dmask:
+        dmask = q.new_empty((0,), dtype=_lse_dtype(q.dtype))
+    return dq, dk, dv, dmask
+
+
+@attention_bwd.register_fake
+def _attention_bwd_fake(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_causal, dropout_p, need_dmask):
+    B, H, L, _ = q.shape
+    dmask_shape = (B, H, L, k.shape[2]) if need_dmask else (0,)
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format),
+            q.new_empty(dmask_shape, dtype=_lse_dtype(q.dtype)))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, mask, seed, scale, is_causal, dropout_p = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, mask, seed, out, lse)
+    ctx.scale, ctx.is_causal, ctx.dropout_p = scale, is_causal, dropout_p
+
+
+def _differentiable_forward(q, k, v, mask, seed, scale, is_causal, dropout_p):
+    B, H, L, _ = q.shape
+    keep = attention_dropout_mask(seed, B, H, L, k.shape[2], dropout_p) if dropout_p > 0 else None
+    out, lse = reference_attention_with_lse(
+        q, k, v, mask, dropout_p, is_causal, scale, enable_gqa=True, upcast=True, dropout_mask=keep
+    )
+    return out.to(q.dtype), lse.to(_lse_dtype(q.dtype))
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, mask, seed, out, lse = ctx.saved_tensors
+    args = (q, k, v, mask, seed, ctx.scale, ctx.is_causal, ctx.dropout_p)
+    if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
+        return double_backward_through(_differentiable_forward, args, (dout, dlse))
+    if dout is None:
+        dout = torch.zeros_like(out)
+    # A float mask can carry a gradient (dS, reduced over its broadcast dims by autograd's expand backward).
+    need_dmask = mask is not None and mask.dtype != torch.bool and ctx.needs_input_grad[3]
+    dq, dk, dv, dmask = _ops.attention_bwd(
+        dout, dlse, q, k, v, mask, seed, out, lse, ctx.scale, ctx.is_causal, ctx.dropout_p, need_dmask
+    )
+    return dq, dk, dv, dmask.to(mask.dtype) if need_dmask else None, None, None, None, None
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation and canonicalisation.
+
+
+def _check_inputs(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"attention: {name} must be a Tensor, got {type(t).__name__}")
+        if t.dim() < 2:
+            raise ValueError(f"attention: {name} must have at least 2 dims (..., length, head_dim), "
+                             f"got {t.dim()}")
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(f"attention: query, key and value must have one dtype, got {query.dtype}, "
+                        f"{key.dtype}, {value.dtype}")
+    if not query.dtype.is_floating_point:
+        raise TypeError(f"attention: expected floating-point inputs, got {query.dtype}")
+    if not (query.device == key.device == value.device):
+        raise ValueError(f"attention: query, key and value must be on one device, got {query.device}, "
+                         f"{key.device}, {value.device}")
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(f"attention: query and key head dims differ: {query.shape[-1]} vs {key.shape[-1]}")
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(f"attention: key and value lengths differ: {key.shape[-2]} vs {value.shape[-2]}")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"attention: dropout_p must be in [0, 1], got {dropout_p}")
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise TypeError(f"attention: scale must be a float or None, got {type(scale).__name__}")
+    if is_causal and attn_mask is not None:
+        raise ValueError("attention: pass either attn_mask or is_causal=True, not both (as SDPA)")
+    if attn_mask is not None:
+        if not isinstance(attn_mask, torch.Tensor):
+            raise TypeError(f"attention: attn_mask must be a Tensor or None, got {type(attn_mask).__name__}")
+        if attn_mask.dtype != torch.bool and attn_mask.dtype not in (query.dtype, torch.float32):
+            raise TypeError(f"attention: attn_mask must be bool, float32 or the query dtype ({query.dtype}), "
+                            f"got {attn_mask.dtype}")
+        if attn_mask.device != query.device:
+            raise ValueError(f"attention: attn_mask is on {attn_mask.device}, query on {query.device}")
+    if enable_gqa and min(query.dim(), key.dim(), value.dim()) >= 3:
+        hq, hk, hv = query.shape[-3], key.shape[-3], value.shape[-3]
+        if hk != hv:
+            raise ValueError(f"attention: with enable_gqa, key and value need the same number of heads, "
+                             f"got {hk} and {hv}")
+        if hq % hk != 0:
+            raise ValueError(f"attention: with enable_gqa, query heads ({hq}) must be a multiple of "
+                             f"key/value heads ({hk})")
+
+
+def _heads(t):
+    return t.shape[-3] if t.dim() >= 3 else 1
+
+
+def _canonicalise(query, key, value, attn_mask, enable_gqa):
+    """Views of the inputs in [B, H, L, E] / [B, Hkv, S, E] / [B, H, L, S] (stride 0 where they broadcast) and
+    the output's leading shape."""
+    L, S, E, EV = query.shape[-2], key.shape[-2], query.shape[-1], value.shape[-1]
+    hq, hk, hv = _heads(query), _heads(key), _heads(value)
+    batch_of = lambda t: t.shape[:-3]  # noqa: E731
+    try:
+        batch = torch.broadcast_shapes(batch_of(query), batch_of(key), batch_of(value))
+    except RuntimeError:
+        raise ValueError(f"attention: leading dims of query {tuple(query.shape)}, key {tuple(key.shape)} and "
+                         f"value {tuple(value.shape)} do not broadcast") from None
+    if enable_gqa and hk == hv and hk != hq and hq % hk == 0:
+        H, Hkv = hq, hk
+    else:
+        try:
+            H = torch.broadcast_shapes((hq,), (hk,), (hv,))[0]
+        except RuntimeError:
+            raise ValueError(f"attention: query has {hq} heads, key {hk}, value {hv}; they must match or "
+                             "broadcast (or pass enable_gqa=True for grouped-query attention)") from None
+        Hkv = H
+    out_dims = max(query.dim(), key.dim(), value.dim())
+    lead = (*batch, H) if out_dims >= 3 else ()
+
+    def canon(t, heads, length, dim):
+        t = t.expand(*batch, heads, length, dim)  # stride 0 wherever t broadcasts
+        return t.reshape(-1, heads, length, dim) if len(batch) > 1 else t
+
+    q4 = canon(query, H, L, E)
+    k4 = canon(key, Hkv, S, E)
+    v4 = canon(value, Hkv, S, EV)
+    m4 = None
+    if attn_mask is not None:
+        try:
+            m = attn_mask.expand(*batch, H, L, S)
+        except RuntimeError:
+            raise ValueError(f"attention: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
+                             f"{(*batch, H, L, S)} (batch..., heads, L, S)") from None
+        m4 = m.reshape(-1, H, L, S) if len(batch) > 1 else m
+    if len(batch) == 0:
+        q4, k4, v4 = q4.unsqueeze(0), k4.unsqueeze(0), v4.unsqueeze(0)
+        m4 = m4.unsqueeze(0) if m4 is not None else None
+    return q4, k4, v4, m4, (*lead, L, EV)
+
+
+def _autocast(query, key, value, attn_mask):
+    """Under autocast SDPA runs in the autocast dtype (it is on autocast's lower-precision list): so do we."""
+    device = query.device.type if isinstance(query, torch.Tensor) else None
+    if device not in ("cuda", "cpu") or not torch.is_autocast_enabled(device):
+        return query, key, value, attn_mask
+    dtype = torch.get_autocast_dtype(device)
+
+    def cast(t):
+        castable = isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+        return t.to(dtype) if castable else t
+
+    return cast(query), cast(key), cast(value), cast(attn_mask)
+
+
+def attention_with_lse(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                       enable_gqa=False):
+    """Like :func:`attention`, returning ``(out, lse)``: ``lse[..., i]`` is the natural log-sum-exp of query
+    row i's scaled, masked scores (``-inf`` where every key is masked), float32 (float64 for float64
+    inputs). Both outputs are differentiable."""
+    query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
+    _check_inputs(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    q4, k4, v4, m4, out_shape = _canonicalise(query, key, value, attn_mask, enable_gqa)
+    if q4.numel() == 0 or k4.shape[2] == 0 or v4.numel() == 0:
+        # Nothing to stream: an empty batch or length, or no keys (every row fully masked: zeros, lse -inf).
+        out, lse = reference_attention_with_lse(q4, k4, v4, m4, 0.0, is_causal, scale, enable_gqa=True)
+        return out.reshape(out_shape), lse.to(_lse_dtype(query.dtype)).reshape(out_shape[:-1])
+    seed = _draw_seed(query.device) if dropout_p > 0 else None
+    out, lse = _ops.attention_fwd(q4, k4, v4, m4, seed, scale, bool(is_causal), float(dropout_p))
+    return out.reshape(out_shape), lse.reshape(out_shape[:-1])
+
+
+def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+              enable_gqa=False):
+    """``F.scaled_dot_product_attention`` on fused flash-attention kernels.
+
+    query: (..., L, E); key: (..., S, E); value: (..., S, Ev); leading dims broadcast; with ``enable_gqa`` the
+    query heads (dim -3) may be a multiple of the key/value heads. ``attn_mask``: bool (True = take part) or
+    float (added to the scores), broadcastable to (..., L, S). ``is_causal``: upper-left aligned tril mask.
+    ``scale`` defaults to 1/sqrt(E). Dropout uses torch's RNG of the device. Returns (..., L, Ev).
+    """
+    return attention_with_lse(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)[0]

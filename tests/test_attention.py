@@ -1,0 +1,295 @@
+"""seqops.attention: forward and every gradient vs the float64 reference and F.scaled_dot_product_attention.
+
+On a machine without CUDA, tests/conftest.py sets TRITON_INTERPRET=1, so these run the Triton kernels in the
+interpreter on CPU tensors (the whole public path, backward included). Shapes are small: the interpreter runs
+programs one by one.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from attention_checks import assert_close_fp32_grad, assert_flash_rule, float64_oracle, make_qkv
+
+import seqops
+from seqops import reference
+from seqops.ops.attention import attention, attention_with_lse
+
+
+def _check_fp32(q, k, v, **kwargs):
+    """fp32 kernels against the float64 reference: default fp32 tolerances, forward and every gradient."""
+    mask = kwargs.get("attn_mask")
+    out = attention(q, k, v, **kwargs)
+    grad_out = torch.randn_like(out)
+    exact, exact_grads = float64_oracle(q, k, v, grad_out, **kwargs)
+    torch.testing.assert_close(out, exact.float())
+    wanted = [q, k, v] + ([mask] if mask is not None and mask.requires_grad else [])
+    grads = torch.autograd.grad(out, wanted, grad_out)
+    for name, got, want in zip(("dq", "dk", "dv", "dmask"), grads, exact_grads):
+        assert_close_fp32_grad(got, want, name)
+    return out
+
+
+def _check_fp16(q, k, v, **kwargs):
+    """fp16 kernels: FlashAttention rule vs the float64 result, PyTorch's fp16 computation as the baseline."""
+    out = attention(q, k, v, **kwargs)
+    grad_out = torch.randn_like(out)
+    exact, exact_grads = float64_oracle(q, k, v, grad_out, **kwargs)
+    low = reference.attention(q, k, v, **kwargs)
+    low_grads = torch.autograd.grad(low, (q, k, v), grad_out)
+    assert_flash_rule(out, low, exact, "out")
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    for name, got, base, want in zip(("dq", "dk", "dv"), grads, low_grads, exact_grads):
+        assert_flash_rule(got, base, want, name)
+
+
+@pytest.mark.parametrize("L,S", [(1, 1), (17, 17), (97, 130), (130, 97), (1, 33), (33, 1)])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_odd_lengths_fp32(L, S, is_causal):
+    q, k, v = make_qkv((1, 2, L, 32), (1, 2, S, 32), (1, 2, S, 32))
+    _check_fp32(q, k, v, is_causal=is_causal)
+
+
+@pytest.mark.parametrize("E", [1, 16, 40, 64, 80, 128, 256])
+def test_head_dims_fp32(E):
+    q, k, v = make_qkv((1, 2, 19, E), (1, 2, 23, E), (1, 2, 23, E))
+    _check_fp32(q, k, v)
+
+
+@pytest.mark.parametrize("E,Ev", [(16, 40), (40, 16), (3, 100)])
+def test_value_head_dim_differs(E, Ev):
+    q, k, v = make_qkv((1, 2, 21, E), (1, 2, 18, E), (1, 2, 18, Ev))
+    _check_fp32(q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize("E", [16, 64, 80, 128])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_fp16_flash_rule(E, is_causal):
+    q, k, v = make_qkv((1, 2, 37, E), (1, 2, 45, E), (1, 2, 45, E), dtype=torch.float16)
+    _check_fp16(q, k, v, is_causal=is_causal)
+
+
+def test_fp16_flash_rule_with_mask_and_gqa():
+    q, k, v = make_qkv((2, 4, 29, 64), (2, 2, 31, 64), (2, 2, 31, 64), dtype=torch.float16)
+    mask = torch.rand(2, 1, 1, 31) > 0.3
+    _check_fp16(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+def test_scale():
+    q, k, v = make_qkv((1, 2, 20, 24), (1, 2, 26, 24), (1, 2, 26, 24))
+    _check_fp32(q, k, v, scale=0.37)
+    _check_fp32(q, k, v, scale=2.0, is_causal=True)
+
+
+@pytest.mark.parametrize("Hq,Hkv", [(4, 2), (6, 1), (3, 3)])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_gqa(Hq, Hkv, is_causal):
+    q, k, v = make_qkv((2, Hq, 19, 16), (2, Hkv, 27, 16), (2, Hkv, 27, 16))
+    _check_fp32(q, k, v, is_causal=is_causal, enable_gqa=True)
+    # and against PyTorch itself
+    torch.testing.assert_close(attention(q, k, v, is_causal=is_causal, enable_gqa=True),
+                               F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=True))
+
+
+MASK_SHAPES = {
+    "key_padding": lambda B, H, L, S: (B, 1, 1, S),
+    "shared_2d": lambda B, H, L, S: (L, S),
+    "per_head": lambda B, H, L, S: (B, H, L, S),
+    "per_batch_rows": lambda B, H, L, S: (B, 1, L, S),
+}
+
+
+@pytest.mark.parametrize("shape", MASK_SHAPES)
+def test_bool_mask(shape):
+    B, H, L, S = 2, 2, 23, 37
+    q, k, v = make_qkv((B, H, L, 16), (B, H, S, 16), (B, H, S, 16))
+    mask = torch.rand(MASK_SHAPES[shape](B, H, L, S)) > 0.3
+    _check_fp32(q, k, v, attn_mask=mask)
+    theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(attention(q, k, v, attn_mask=mask), theirs)
+
+
+@pytest.mark.parametrize("shape", MASK_SHAPES)
+def test_float_mask_with_gradient(shape):
+    B, H, L, S = 2, 2, 23, 37
+    q, k, v = make_qkv((B, H, L, 16), (B, H, S, 16), (B, H, S, 16))
+    mask = torch.randn(MASK_SHAPES[shape](B, H, L, S), requires_grad=True)
+    _check_fp32(q, k, v, attn_mask=mask)
+
+
+def test_float_mask_without_gradient_and_fp16_query_with_fp32_mask():
+    q, k, v = make_qkv((1, 2, 17, 16), (1, 2, 21, 16), (1, 2, 21, 16))
+    _check_fp32(q, k, v, attn_mask=torch.randn(17, 21))
+    qh, kh, vh = make_qkv((1, 2, 17, 16), (1, 2, 21, 16), (1, 2, 21, 16), dtype=torch.float16)
+    _check_fp16(qh, kh, vh, attn_mask=torch.randn(17, 21))
+
+
+def test_mask_is_not_materialised_per_head():
+    # The public path passes a stride-0 view; the op sees [B, H, L, S] strides with zeros where it broadcasts.
+    seen = {}
+    original = torch.ops.seqops.attention_fwd
+
+    q, k, v = make_qkv((2, 4, 9, 16), (2, 4, 11, 16), (2, 4, 11, 16), requires_grad=False)
+    mask = torch.rand(2, 1, 1, 11) > 0.5
+    from seqops.ops import attention as attention_module
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(torch.ops.seqops, name)
+
+        def attention_fwd(self, *args):
+            seen["mask"] = args[3]
+            return original(*args)
+
+    real_ops = attention_module._ops
+    attention_module._ops = Spy()
+    try:
+        attention(q, k, v, attn_mask=mask)
+    finally:
+        attention_module._ops = real_ops
+    assert seen["mask"].shape == (2, 4, 9, 11)
+    assert seen["mask"].stride() == (11, 0, 0, 1)
+    assert seen["mask"].data_ptr() == mask.data_ptr()
+
+
+@pytest.mark.parametrize("L,S", [(20, 29), (29, 20)])
+def test_causal_with_mask_like_sdpa_upper_left(L, S):
+    # is_causal is upper-left aligned: row i sees keys j <= i, also when L != S.
+    q, k, v = make_qkv((1, 2, L, 16), (1, 2, S, 16), (1, 2, S, 16))
+    explicit = torch.ones(L, S, dtype=torch.bool).tril()
+    torch.testing.assert_close(attention(q, k, v, is_causal=True), attention(q, k, v, attn_mask=explicit))
+    torch.testing.assert_close(attention(q, k, v, is_causal=True),
+                               F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_fully_masked_rows_behave_as_sdpa(kind):
+    q, k, v = make_qkv((2, 2, 13, 16), (2, 2, 19, 16), (2, 2, 19, 16))
+    keep = torch.rand(2, 2, 13, 19) > 0.3
+    keep[0, 1, 4] = False
+    keep[1, :, 0] = False
+    mask = keep if kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    out = _check_fp32(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert (out[0, 1, 4] == 0).all() and (out[1, :, 0] == 0).all()
+    _, lse = attention_with_lse(q, k, v, attn_mask=mask)
+    assert torch.isneginf(lse[0, 1, 4]) and torch.isneginf(lse[1, :, 0]).all()
+
+
+@pytest.mark.parametrize(
+    "shape_q,shape_k",
+    [((9, 16), (11, 16)), ((3, 9, 16), (3, 11, 16)), ((2, 3, 2, 9, 16), (2, 3, 2, 11, 16)),
+     ((2, 3, 9, 16), (3, 11, 16)), ((1, 3, 9, 16), (2, 3, 11, 16))],
+    ids=["2d", "3d", "5d", "broadcast_k", "broadcast_q"],
+)
+def test_leading_dims(shape_q, shape_k):
+    q, k, v = make_qkv(shape_q, shape_k, shape_k)
+    out = attention(q, k, v)
+    theirs = F.scaled_dot_product_attention(q, k, v)
+    assert out.shape == theirs.shape
+    torch.testing.assert_close(out, theirs)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_non_contiguous_inputs():
+    base_q, base_k, base_v = make_qkv((2, 21, 3, 16), (2, 25, 3, 16), (2, 25, 3, 32))
+    q, k, v = (t.transpose(1, 2) for t in (base_q, base_k, base_v))  # [B, H, L, E] views of [B, L, H, E]
+    v = v[..., ::2]  # a strided last dim too
+    assert not q.is_contiguous() and v.stride(-1) == 2
+    _check_fp32(q, k, v, is_causal=True)
+
+
+def test_lse_matches_reference_and_is_differentiable():
+    q, k, v = make_qkv((1, 2, 18, 16), (1, 2, 27, 16), (1, 2, 27, 16))
+    mask = torch.randn(18, 27)
+    out, lse = attention_with_lse(q, k, v, attn_mask=mask)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    out_ref, lse_ref = reference.attention_with_lse(qd, kd, vd, attn_mask=mask.double())
+    assert lse.dtype == torch.float32 and lse.shape == (1, 2, 18)
+    torch.testing.assert_close(lse, lse_ref.float())
+    g_out, g_lse = torch.randn_like(out), torch.randn_like(lse)
+    got = torch.autograd.grad((out, lse), (q, k, v), (g_out, g_lse))
+    want = torch.autograd.grad((out_ref, lse_ref), (qd, kd, vd), (g_out.double(), g_lse.double()))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.float())
+    # lse alone (the output unused): autograd passes no output gradient
+    got = torch.autograd.grad(attention_with_lse(q, k, v)[1].sum(), (q, k))
+    want = torch.autograd.grad(reference.attention_with_lse(qd, kd, vd)[1].sum(), (qd, kd))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.float())
+
+
+def test_empty_inputs_follow_sdpa():
+    q, k, v = make_qkv((2, 2, 0, 16), (2, 2, 5, 16), (2, 2, 5, 8))
+    assert attention(q, k, v).shape == (2, 2, 0, 8)
+    q, k, v = make_qkv((2, 2, 4, 16), (2, 2, 0, 16), (2, 2, 0, 8))
+    out = attention(q, k, v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    q, k, v = make_qkv((0, 2, 4, 16), (0, 2, 5, 16), (0, 2, 5, 8))
+    assert attention(q, k, v).shape == (0, 2, 4, 8)
+
+
+def test_nan_propagates_as_in_pytorch():
+    # Compared with SDPA's math backend: PyTorch's CPU flash kernel zeroes a row whose query has a NaN, the
+    # math backend (the definition) propagates it, and so do we.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = make_qkv((1, 1, 6, 16), (1, 1, 7, 16), (1, 1, 7, 16), requires_grad=False)
+    v[0, 0, 3, 5] = float("nan")  # every row reads value row 3: column 5 of the output is NaN
+    with sdpa_kernel(SDPBackend.MATH):
+        theirs = F.scaled_dot_product_attention(q, k, v)
+    out = attention(q, k, v)
+    assert out.isnan().any() and torch.equal(out.isnan(), theirs.isnan())
+    v[0, 0, 3, 5] = 1.0
+    q[0, 0, 2, 0] = float("nan")  # row 2's scores are all NaN
+    with sdpa_kernel(SDPBackend.MATH):
+        theirs = F.scaled_dot_product_attention(q, k, v)
+    out = attention(q, k, v)
+    assert out.isnan().any() and torch.equal(out.isnan(), theirs.isnan())
+
+
+def test_backward_is_deterministic():
+    q, k, v = make_qkv((1, 4, 45, 32), (1, 2, 50, 32), (1, 2, 50, 32))
+    grad = torch.randn(1, 4, 45, 32)
+    first = torch.autograd.grad(attention(q, k, v, enable_gqa=True), (q, k, v), grad)
+    second = torch.autograd.grad(attention(q, k, v, enable_gqa=True), (q, k, v), grad)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_public_names():
+    assert seqops.attention is attention
+    assert seqops.attention_with_lse is attention_with_lse
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_tma_path_in_the_interpreter(monkeypatch, is_causal):
+    # The Hopper path (streamed tiles through tensor descriptors, forward and both backward kernels) runs in
+    # the interpreter when asked for: the same results.
+    from seqops.kernels import attention_common
+
+    monkeypatch.setattr(attention_common, "TMA_IN_INTERPRETER", True)
+    q, k, v = make_qkv((2, 4, 37, 40), (2, 2, 45, 40), (2, 2, 45, 24))
+    assert attention_common.tma_eligible(q, k, v)
+    _check_fp32(q, k, v, is_causal=is_causal, enable_gqa=True)
+    # A 3-wide head in a 40-wide row is still TMA-aligned (the descriptor zero-fills columns past E).
+    _check_fp32(q[..., :3], k[..., :3], v, is_causal=is_causal, enable_gqa=True)
+    # Contiguous 12-byte rows are not: the pointer path takes them.
+    q3, k3, v3 = make_qkv((1, 2, 9, 3), (1, 2, 11, 3), (1, 2, 11, 3))
+    assert not attention_common.tma_eligible(k3, v3)
+    _check_fp32(q3, k3, v3, is_causal=is_causal)
+
+
+def test_autocast_runs_in_the_autocast_dtype_like_sdpa():
+    q, k, v = make_qkv((1, 2, 17, 16), (1, 2, 21, 16), (1, 2, 21, 16), requires_grad=False)
+    mask = torch.randn(17, 21)
+    # CPU autocast's dtype is bf16, which the interpreter computes wrongly: fp16 here, bf16 on the GPU suite.
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = attention(q, k, v, attn_mask=mask)
+        theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert out.dtype == theirs.dtype == torch.float16
+    qh, kh, vh, mh = q.half(), k.half(), v.half(), mask.half()
+    exact = reference.attention(qh.double(), kh.double(), vh.double(), attn_mask=mh.double())
+    low = reference.attention(qh, kh, vh, attn_mask=mh)
+    assert_flash_rule(out, low, exact, "out under autocast")

@@ -1,0 +1,143 @@
+"""seqops.attention on a CUDA GPU: bf16/fp16 under the FlashAttention rule at realistic sizes, fp32 accuracy,
+dropout, determinism and compile with the autotuned kernels. Skipped where no GPU is visible."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from attention_checks import assert_close_fp32_grad, assert_flash_rule, float64_oracle, make_qkv
+
+from seqops import reference
+from seqops.ops.attention import _draw_seed, attention, attention_dropout_mask, attention_with_lse
+
+pytestmark = pytest.mark.gpu
+LOW = [torch.float16, torch.bfloat16]
+
+
+def _flash_rule_check(q, k, v, **kwargs):
+    out = attention(q, k, v, **kwargs)
+    grad_out = torch.randn_like(out)
+    exact, exact_grads = float64_oracle(q, k, v, grad_out, **kwargs)
+    low = reference.attention(q, k, v, **kwargs)  # PyTorch's own computation in the low precision
+    low_grads = torch.autograd.grad(low, (q, k, v), grad_out)
+    assert_flash_rule(out, low, exact, "out")
+    got = torch.autograd.grad(out, (q, k, v), grad_out)
+    for name, a, base, want in zip(("dq", "dk", "dv"), got, low_grads, exact_grads):
+        assert_flash_rule(a, base, want, name)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("E", [64, 128])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("L,S", [(1024, 1024), (1000, 1000), (97, 1030)])
+def test_flash_rule_low_precision(dtype, E, is_causal, L, S):
+    q, k, v = make_qkv((2, 4, L, E), (2, 4, S, E), (2, 4, S, E), dtype=dtype, device="cuda")
+    _flash_rule_check(q, k, v, is_causal=is_causal)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("E,Ev", [(40, 40), (80, 80), (256, 256), (96, 64), (1, 33)])
+def test_flash_rule_other_head_dims(dtype, E, Ev):
+    q, k, v = make_qkv((1, 4, 300, E), (1, 4, 333, E), (1, 4, 333, Ev), dtype=dtype, device="cuda")
+    _flash_rule_check(q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_flash_rule_masks_and_gqa(dtype):
+    q, k, v = make_qkv((2, 8, 512, 64), (2, 2, 700, 64), (2, 2, 700, 64), dtype=dtype, device="cuda")
+    pad = torch.rand(2, 1, 1, 700, device="cuda") > 0.2
+    _flash_rule_check(q, k, v, attn_mask=pad, enable_gqa=True)
+    bias = torch.randn(512, 700, device="cuda", dtype=dtype)
+    _flash_rule_check(q, k, v, attn_mask=bias, enable_gqa=True)
+
+
+@pytest.mark.parametrize("E", [64, 128])
+def test_fp32_accuracy_on_gpu(E):
+    # fp32 runs the dots in IEEE fp32 (no tf32), so fp32 tolerances hold, as on the CPU.
+    q, k, v = make_qkv((1, 2, 513, E), (1, 2, 700, E), (1, 2, 700, E), device="cuda")
+    out = attention(q, k, v, is_causal=True)
+    grad_out = torch.randn_like(out)
+    exact, exact_grads = float64_oracle(q, k, v, grad_out, is_causal=True)
+    torch.testing.assert_close(out, exact.float())
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), grad_out), exact_grads):
+        assert_close_fp32_grad(got, want)
+
+
+def test_matches_sdpa_and_lse():
+    shape = (2, 4, 1024, 64)
+    q, k, v = make_qkv(shape, shape, shape, dtype=torch.bfloat16, device="cuda")
+    out, lse = attention_with_lse(q, k, v, is_causal=True)
+    exact, exact_lse = reference.attention_with_lse(q.double(), k.double(), v.double(), is_causal=True)
+    theirs = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert_flash_rule(out, theirs, exact, "out vs SDPA's bf16 error")
+    torch.testing.assert_close(lse, exact_lse.float())  # the lse is computed in fp32 from bf16 inputs
+
+
+def test_dropout_exact_against_materialised_mask():
+    p = 0.2
+    q, k, v = make_qkv((2, 4, 300, 64), (2, 4, 257, 64), (2, 4, 257, 64), device="cuda")
+    torch.manual_seed(5)
+    out = attention(q, k, v, dropout_p=p)
+    torch.manual_seed(5)
+    keep = attention_dropout_mask(_draw_seed(q.device), 2, 4, 300, 257, p)
+    grad_out = torch.randn_like(out)
+    exact, exact_grads = float64_oracle(q, k, v, grad_out, dropout_p=p, dropout_mask=keep)
+    torch.testing.assert_close(out, exact.float())
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), grad_out), exact_grads):
+        assert_close_fp32_grad(got, want)
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.01
+
+
+def test_backward_deterministic_with_gqa():
+    q, k, v = make_qkv((2, 8, 1024, 128), (2, 2, 1024, 128), (2, 2, 1024, 128), dtype=torch.bfloat16,
+                       device="cuda")
+    grad = torch.randn(2, 8, 1024, 128, device="cuda", dtype=torch.bfloat16)
+    runs = [torch.autograd.grad(attention(q, k, v, is_causal=True, enable_gqa=True), (q, k, v), grad)
+            for _ in range(3)]
+    for later in runs[1:]:
+        for a, b in zip(runs[0], later):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.compile
+def test_compile_on_gpu():
+    q, k, v = make_qkv((2, 4, 256, 64), (2, 4, 256, 64), (2, 4, 256, 64), dtype=torch.float16, device="cuda")
+    compiled = torch.compile(attention, fullgraph=True)
+    out = compiled(q, k, v, is_causal=True)
+    torch.testing.assert_close(out, attention(q, k, v, is_causal=True))
+    out.sum().backward()
+    assert q.grad is not None and q.grad.isfinite().all()
+
+
+def test_long_sequence_causal_bf16():
+    q, k, v = make_qkv((1, 2, 8192, 128), (1, 2, 8192, 128), (1, 2, 8192, 128), dtype=torch.bfloat16,
+                       device="cuda", requires_grad=False)
+    out = attention(q, k, v, is_causal=True)
+    theirs = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert_flash_rule(out, theirs, exact, "out at L = 8192")
+
+
+def test_tma_path_launches_on_hopper_and_agrees_with_pointer_loads(monkeypatch):
+    from seqops.kernels import attention_common
+
+    if not attention_common.is_sm90(torch.device("cuda")):
+        pytest.skip("the TMA path is for sm90 (H100/H200)")
+    q, k, v = make_qkv((2, 4, 1000, 128), (2, 4, 1000, 128), (2, 4, 1000, 128), dtype=torch.bfloat16,
+                       device="cuda")
+    grad = torch.randn(2, 4, 1000, 128, device="cuda", dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a TMA launch failure would warn and fall back
+        assert attention_common.TMA_ENABLED and attention_common.tma_eligible(q, k, v)
+        out = attention(q, k, v, is_causal=True)
+        grads = torch.autograd.grad(out, (q, k, v), grad)
+    assert attention_common.TMA_ENABLED
+    monkeypatch.setattr(attention_common, "TMA_ENABLED", False)
+    out_ptr = attention(q, k, v, is_causal=True)
+    grads_ptr = torch.autograd.grad(out_ptr, (q, k, v), grad)
+    exact, exact_grads = float64_oracle(q, k, v, grad, is_causal=True)
+    # Same math, possibly other tiles: each path's error is within 2x of the other's.
+    assert_flash_rule(out, out_ptr, exact, "TMA output")
+    for name, a, b, want in zip(("dq", "dk", "dv"), grads, grads_ptr, exact_grads):
+        assert_flash_rule(a, b, want, f"TMA {name}")

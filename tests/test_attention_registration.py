@@ -1,0 +1,120 @@
+"""The attention custom ops: opcheck, torch.compile, float64 gradcheck, double backward, routing, errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from attention_checks import make_qkv
+
+from seqops.ops import attention as attention_module
+from seqops.ops.attention import attention, attention_with_lse
+
+
+def _fwd_args(mask=None, causal=False, dropout=0.0, dtype=torch.float32):
+    q, k, v = make_qkv((1, 2, 9, 16), (1, 2, 11, 16), (1, 2, 11, 8), dtype=dtype)
+    seed = torch.tensor([5], dtype=torch.int64) if dropout else None
+    return (q, k, v, mask, seed, 0.3, causal, dropout)
+
+
+@pytest.mark.parametrize("variant", ["plain", "causal", "float_mask", "bool_mask", "dropout"])
+def test_opcheck_forward(variant):
+    mask = None
+    if variant == "float_mask":
+        mask = torch.randn(1, 1, 9, 11, requires_grad=True).expand(1, 2, 9, 11)
+    elif variant == "bool_mask":
+        mask = (torch.rand(1, 1, 1, 11) > 0.3).expand(1, 2, 9, 11)
+    args = _fwd_args(mask=mask, causal=variant == "causal", dropout=0.2 if variant == "dropout" else 0.0)
+    torch.library.opcheck(torch.ops.seqops.attention_fwd.default, args)
+
+
+def test_opcheck_backward():
+    q, k, v, _, _, scale, causal, p = _fwd_args()
+    out, lse = torch.ops.seqops.attention_fwd(q, k, v, None, None, scale, causal, p)
+    mask = torch.randn(1, 2, 9, 11)
+    args = (torch.randn_like(out), torch.randn_like(lse), q.detach(), k.detach(), v.detach(), mask, None,
+            out.detach(), lse.detach(), scale, causal, p, True)
+    # No autograd of its own (the backward op is not differentiated): schema and fake-tensor checks.
+    torch.library.opcheck(torch.ops.seqops.attention_bwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.compile
+def test_compile_fullgraph_forward_and_backward():
+    q, k, v = make_qkv((2, 4, 9, 16), (2, 2, 13, 16), (2, 2, 13, 16))
+    mask = torch.rand(2, 1, 1, 13) > 0.2
+    compiled = torch.compile(attention, fullgraph=True, dynamic=False)
+    out = compiled(q, k, v, attn_mask=mask, enable_gqa=True)
+    theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(out, theirs)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradcheck_float64_including_mask_and_lse():
+    # float64 runs the ops' reference route: this checks the op registration and its explicit backward
+    # formulas (dq, dk, dv, the float mask's gradient and the lse's) against finite differences.
+    q, k, v = make_qkv((1, 2, 4, 3), (1, 1, 5, 3), (1, 1, 5, 2), dtype=torch.float64)
+    mask = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+
+    def f(q, k, v, mask):
+        out, lse = attention_with_lse(q, k, v, attn_mask=mask, enable_gqa=True)
+        return out, lse
+
+    assert torch.autograd.gradcheck(f, (q, k, v, mask))
+
+
+def test_double_backward_through_the_reference():
+    q, k, v = make_qkv((1, 2, 4, 3), (1, 2, 5, 3), (1, 2, 5, 3), dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(lambda q, k, v: attention(q, k, v, is_causal=True), (q, k, v))
+
+
+def test_cpu_reference_route_without_interpreter(monkeypatch):
+    # Without TRITON_INTERPRET, CPU tensors run the reference inside the same custom ops.
+    monkeypatch.setattr(attention_module, "_INTERPRET", False)
+    q, k, v = make_qkv((2, 4, 7, 16), (2, 2, 9, 16), (2, 2, 9, 16))
+    mask = torch.randn(7, 9, requires_grad=True)
+    out = attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(out, theirs)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v, mask), grad),
+                    torch.autograd.grad(theirs, (q, k, v, mask), grad)):
+        torch.testing.assert_close(a, b)
+    torch.manual_seed(3)
+    first = attention(q, k, v, dropout_p=0.5, enable_gqa=True)
+    torch.manual_seed(3)
+    assert torch.equal(first, attention(q, k, v, dropout_p=0.5, enable_gqa=True))
+
+
+BAD_INPUTS = [
+    ("head dims", lambda q, k, v: attention(q, k[..., :8], v), ValueError, "head dims differ"),
+    ("kv lengths", lambda q, k, v: attention(q, k, v[..., :5, :]), ValueError, "lengths differ"),
+    ("dtypes", lambda q, k, v: attention(q, k.double(), v), TypeError, "one dtype"),
+    ("integer", lambda q, k, v: attention(q.int(), k.int(), v.int()), TypeError, "floating-point"),
+    ("1-d", lambda q, k, v: attention(q[0, 0, 0], k, v), ValueError, "at least 2 dims"),
+    ("mask shape", lambda q, k, v: attention(q, k, v, attn_mask=torch.ones(3, 5, dtype=torch.bool)),
+     ValueError, "does not broadcast"),
+    ("mask dtype", lambda q, k, v: attention(q, k, v, attn_mask=torch.ones(9, 11, dtype=torch.int32)),
+     TypeError, "attn_mask must be bool"),
+    ("mask float64", lambda q, k, v: attention(q, k, v, attn_mask=torch.zeros(9, 11, dtype=torch.float64)),
+     TypeError, "attn_mask must be bool"),
+    ("mask and causal", lambda q, k, v: attention(q, k, v, attn_mask=torch.ones(9, 11, dtype=torch.bool),
+                                                  is_causal=True), ValueError, "not both"),
+    ("gqa multiple", lambda q, k, v: attention(q[:, :3], k[:, :2], v[:, :2], enable_gqa=True), ValueError,
+     "multiple of key/value heads"),
+    ("gqa kv heads", lambda q, k, v: attention(q, k[:, :2], v, enable_gqa=True), ValueError,
+     "same number of heads"),
+    ("heads without gqa", lambda q, k, v: attention(q[:, :3], k[:, :2], v[:, :2]), ValueError, "enable_gqa"),
+    ("batch", lambda q, k, v: attention(q, torch.cat([k, k, k]), torch.cat([v, v, v])), ValueError,
+     "do not broadcast"),
+    ("dropout", lambda q, k, v: attention(q, k, v, dropout_p=1.5), ValueError, "dropout_p"),
+    ("not a tensor", lambda q, k, v: attention(q.tolist(), k, v), TypeError, "must be a Tensor"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_inputs_raise_clear_errors(case):
+    _, call, error, message = case
+    q, k, v = make_qkv((2, 4, 9, 16), (2, 4, 11, 16), (2, 4, 11, 16), requires_grad=False)
+    with pytest.raises(error, match=message):
+        call(q, k, v)

@@ -1,0 +1,163 @@
+"""seqops.convert: every torch.nn recurrent module (and MultiheadAttention once seqops has it) becomes its
+seqops twin, keeping parameters, device, dtype, training mode and hooks; the model computes the same."""
+
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+import seqops
+
+TWINS = {
+    nn.LSTM: seqops.LSTM,
+    nn.GRU: seqops.GRU,
+    nn.RNN: seqops.RNN,
+    nn.LSTMCell: seqops.LSTMCell,
+    nn.GRUCell: seqops.GRUCell,
+    nn.RNNCell: seqops.RNNCell,
+}
+
+# torch.nn.LSTM with proj_size says so on the CPU; it is about torch.nn, not the module under test.
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+
+
+class Everything(nn.Module):
+    """One of each recurrent module, nested in containers, all on the forward path."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
+        self.lstm = nn.LSTM(4, 6, 2, batch_first=True, bidirectional=True, proj_size=2)
+        self.stack = nn.ModuleList([nn.GRU(4, 5), nn.RNN(5, 5, nonlinearity="relu")])
+        self.cells = nn.ModuleDict(
+            {"lstm": nn.LSTMCell(5, 4), "gru": nn.GRUCell(4, 4), "rnn": nn.RNNCell(4, 3, bias=False)}
+        )
+
+    def forward(self, x):  # x: [B, T, 3]
+        y, _ = self.lstm(self.encoder(x))  # [B, T, 4]
+        y, _ = self.stack[0](y.transpose(0, 1))
+        y, h = self.stack[1](y)
+        h, c = self.cells["lstm"](y[-1])
+        h = self.cells["gru"](h, c)
+        return self.cells["rnn"](h)
+
+
+def _recurrent(model):
+    return {name: m for name, m in model.named_modules() if type(m) in TWINS or type(m) in TWINS.values()}
+
+
+def test_every_recurrent_module_is_swapped_and_computes_the_same():
+    torch.manual_seed(0)
+    model = Everything()
+    params_before = dict(model.named_parameters())
+    x = torch.randn(2, 5, 3)
+    expected = model(x)
+    before = {name: type(m) for name, m in _recurrent(model).items()}
+
+    assert seqops.convert(model) is model
+    after = _recurrent(model)
+    assert set(after) == set(before) and len(after) == 6
+    for name, m in after.items():
+        assert type(m) is TWINS[before[name]], name
+    # The same Parameter objects (not copies): optimizers and tied weights keep working.
+    for name, p in model.named_parameters():
+        assert p is params_before[name], name
+    assert list(model.state_dict()) == list(params_before)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_keeps_dtype_device_training_mode_and_requires_grad():
+    model = nn.Sequential(nn.GRU(3, 4, 2, dropout=0.5)).double().eval()
+    model[0].weight_hh_l1.requires_grad_(False)
+    seqops.convert(model)
+    gru = model[0]
+    assert type(gru) is seqops.GRU
+    assert not gru.training and not model.training
+    assert all(p.dtype == torch.float64 and p.device.type == "cpu" for p in gru.parameters())
+    assert not gru.weight_hh_l1.requires_grad and gru.weight_ih_l1.requires_grad
+    assert gru.dropout == 0.5 and gru.num_layers == 2
+    gru.train()
+    assert gru.training
+
+
+def test_converting_a_bare_module_returns_its_twin():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 4, proj_size=2)
+    twin = seqops.convert(lstm)
+    assert type(twin) is seqops.LSTM and type(lstm) is nn.LSTM  # the original is left as it was
+    assert twin.weight_hr_l0 is lstm.weight_hr_l0
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(twin(x)[0], lstm(x)[0])
+
+
+def test_a_shared_module_becomes_one_shared_twin():
+    shared = nn.GRUCell(3, 3)
+    model = nn.ModuleDict({"a": shared, "b": nn.Sequential(shared)})
+    seqops.convert(model)
+    assert model["a"] is model["b"][0]
+    assert type(model["a"]) is seqops.GRUCell
+
+
+def test_user_subclasses_and_seqops_modules_are_left_alone():
+    class MyLSTM(nn.LSTM):  # may override forward; swapping it would change behaviour
+        pass
+
+    mine, ours = MyLSTM(3, 4), seqops.LSTM(3, 4)
+    model = nn.ModuleList([mine, ours])
+    seqops.convert(model)
+    assert model[0] is mine and model[1] is ours
+
+
+def test_hooks_and_attributes_survive():
+    calls = []
+    model = nn.Sequential(nn.RNN(3, 4))
+    model[0].register_forward_hook(lambda module, args, out: calls.append(type(module)))
+    model[0].note = "kept"
+    seqops.convert(model)
+    model(torch.randn(5, 3))
+    assert calls == [seqops.RNN] and model[0].note == "kept"
+
+
+def test_optimizer_built_before_convert_still_trains_the_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LSTM(3, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seqops.convert(model)
+    before = model[0].weight_ih_l0.detach().clone()
+    model(torch.randn(5, 2, 3))[0].sum().backward()
+    opt.step()
+    assert not torch.equal(model[0].weight_ih_l0, before)
+
+
+def test_state_dict_of_converted_model_loads_into_the_original():
+    torch.manual_seed(0)
+    original = Everything()
+    converted = seqops.convert(Everything())
+    original.load_state_dict(converted.state_dict())
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(original(x), converted(x))
+
+
+def test_multihead_attention_swapped_exactly_when_seqops_has_it():
+    try:
+        twin = importlib.import_module("seqops.nn.multihead_attention").MultiheadAttention
+    except (ImportError, AttributeError):
+        twin = None
+    model = nn.Sequential(nn.MultiheadAttention(8, 2))
+    seqops.convert(model)
+    if twin is None:
+        assert type(model[0]) is nn.MultiheadAttention
+    else:
+        assert type(model[0]) is twin
+        q = torch.randn(4, 1, 8)
+        reference = nn.MultiheadAttention(8, 2)
+        reference.load_state_dict(model[0].state_dict())
+        for need_weights in (True, False):  # torch's path, then the fused one
+            ours = model[0](q, q, q, need_weights=need_weights)[0]
+            torch.testing.assert_close(ours, reference(q, q, q, need_weights=need_weights)[0])
+
+
+def test_rejects_a_non_module():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        seqops.convert(torch.randn(3))
