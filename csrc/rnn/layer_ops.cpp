@@ -52,7 +52,8 @@ Tensor flat_grad(const Tensor& grad_output, const TimeLayout& layout) {
 // as a first layer's data usually does.
 Tensor input_grad_or_empty(bool wanted, const Tensor& grad_gates, const Tensor& w_ih, const Tensor& input) {
   if (!wanted) return at::empty({0}, input.options());
-  return grad_gates.mm(w_ih).view(input.sizes());
+  // Through StepGemm: oneDNN with the weight reordered once is ~25% faster than MKL here (see step_gemm.h).
+  return StepGemm(w_ih.t(), grad_gates.size(0))(grad_gates).view(input.sizes());
 }
 
 Tensor shape_output(const Tensor& out2d, const Tensor& input, const TimeLayout& layout) {

@@ -1,0 +1,106 @@
+"""Where and with what a benchmark ran: device name and slug, library versions, git commit, date."""
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def slugify(text):
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug or "unknown"
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_name(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def device_slug(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return slugify(torch.cuda.get_device_name(device))
+    return "cpu-" + slugify(cpu_model())
+
+
+def _git(*args):
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@lru_cache(maxsize=1)
+def git_commit():
+    """Short commit hash, '+dirty' when tracked files differ from it; 'uncommitted' before any commit."""
+    commit = _git("rev-parse", "--short=12", "HEAD")
+    if commit is None:
+        return "uncommitted"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return commit + ("+dirty" if dirty else "")
+
+
+def triton_version():
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def seqops_build():
+    try:
+        import seqops
+
+        return seqops.build_summary()
+    except Exception as err:  # not built, being rebuilt, or built against another torch
+        return f"unavailable: {type(err).__name__}"
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def load_average():
+    """The 1-minute load average when the run starts: CPU timings taken on a busy machine are noisy."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def environment(device):
+    """The fields stamped on every result row."""
+    device = torch.device(device)
+    return {
+        "device": device_name(device),
+        "device_slug": device_slug(device),
+        "torch": torch.__version__,
+        "triton": triton_version(),
+        "cuda": torch.version.cuda,
+        "seqops": seqops_build(),
+        "commit": git_commit(),
+        "date": utc_now(),
+        "load_avg": load_average(),
+    }

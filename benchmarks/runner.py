@@ -1,0 +1,162 @@
+"""Runs cases against providers and turns every outcome (a time, a missing provider, a failure) into a row."""
+
+import gc
+import math
+from pathlib import Path
+
+import torch
+
+from benchmarks import timing
+from benchmarks.providers import Unavailable, Unsupported, providers_for
+
+MAX_ROTATION = 8
+
+
+def llc_bytes():
+    """Size of the CPU's last-level cache (32 MiB when sysfs does not say)."""
+    for index in (3, 2):
+        try:
+            text = Path(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size").read_text().strip()
+        except OSError:
+            continue
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    return 32 * 2**20
+
+
+def rotation(case, device_type):
+    """How many independent copies of a case's tensors to cycle through. On CUDA the timer flushes L2
+    before every call, so one; on the CPU enough copies to spill twice the last-level cache, at most 8."""
+    if device_type == "cuda":
+        return 1
+    return max(1, min(MAX_ROTATION, math.ceil(2 * llc_bytes() / max(case.working_bytes, 1))))
+
+
+def describe_error(err):
+    if isinstance(err, torch.OutOfMemoryError):
+        return "out of memory"
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first_line}"[:240]
+
+
+def status_of(err):
+    if isinstance(err, Unavailable):
+        return "unavailable"
+    if isinstance(err, Unsupported):
+        return "unsupported"
+    return "failed"
+
+
+def make_row(case, provider, env, stats=None, error=None, peak_mb=None, rot=1):
+    row = {
+        "name": case.name,
+        "suite": case.suite,
+        "op": case.op,
+        "mode": case.mode,
+        "dtype": case.dtype,
+        "provider": provider,
+        "status": "ok" if error is None else status_of(error),
+        "note": "" if error is None else str(error) if isinstance(error, (Unavailable, Unsupported))
+        else describe_error(error),
+        "median_ms": None,
+        "p20_ms": None,
+        "p80_ms": None,
+        "samples": None,
+        "us_per_step": None,
+        "tflops": None,
+        "peak_mem_mb": None if peak_mb is None else round(peak_mb, 2),
+        "rotation": rot,
+        "flops": case.flops,
+        "B": case.B,
+        "T": case.T if case.suite == "rnn" else None,
+        "I": case.I or None,
+        "H": case.H or None,
+        "heads": case.heads or None,
+        "L": case.L or None,
+        "S": case.S or None,
+        "D": case.D or None,
+        "causal": case.causal if case.suite == "attn" else None,
+        "sweep": case.sweep,
+        **env,
+    }
+    if stats is not None:
+        row.update(median_ms=stats.median_ms, p20_ms=stats.p20_ms, p80_ms=stats.p80_ms, samples=stats.n)
+        if stats.median_ms > 0:
+            row["tflops"] = case.flops / (stats.median_ms * 1e-3) / 1e12
+        if case.suite != "attn":
+            row["us_per_step"] = stats.median_ms * 1e3 / case.steps
+    return row
+
+
+def _cycle(fns):
+    if len(fns) == 1:
+        return fns[0]
+    state = {"i": 0}
+
+    def call():
+        fn = fns[state["i"]]
+        state["i"] = (state["i"] + 1) % len(fns)
+        return fn()
+
+    return call
+
+
+def _setup(provider, case, device, copies):
+    return _cycle([provider.setup(case, device) for _ in range(copies)])
+
+
+def run_case_cpu(case, providers, device, env, budget):
+    rot = rotation(case, "cpu")
+    fns, rows = {}, {}
+    for p in providers:
+        try:
+            fns[p.name] = _setup(p, case, device, rot)
+        except Exception as err:  # a provider that cannot run gives a row; the others go on
+            rows[p.name] = make_row(case, p.name, env, error=err, rot=rot)
+    for name, outcome in timing.time_cpu_interleaved(fns, budget).items():
+        if isinstance(outcome, Exception):
+            rows[name] = make_row(case, name, env, error=outcome, rot=rot)
+        else:
+            rows[name] = make_row(case, name, env, stats=outcome, rot=rot)
+    fns.clear()
+    gc.collect()
+    return [rows[p.name] for p in providers]
+
+
+def run_case_cuda(case, providers, device, env, warmup_ms, rep_ms):
+    rows = []
+    for p in providers:
+        fn = None
+        try:
+            torch.cuda.empty_cache()
+
+            def prepare(p=p):
+                f = p.setup(case, device)
+                f()  # first call inside the peak window: workspaces and saved activations count
+                return f
+
+            fn, peak = timing.cuda_peak_mb(prepare)
+            stats = timing.time_cuda(fn, warmup_ms=warmup_ms, rep_ms=rep_ms)
+            rows.append(make_row(case, p.name, env, stats=stats, peak_mb=peak))
+        except Exception as err:
+            rows.append(make_row(case, p.name, env, error=err))
+        finally:
+            del fn
+            gc.collect()
+            torch.cuda.empty_cache()
+    return rows
+
+
+def run_cases(cases, device, env, provider_names=None, quick=False, cpu_budget=None, warmup_ms=25,
+              rep_ms=100):
+    """Yields (case, rows) case by case; rows hold one row per provider of the case's suite."""
+    device = torch.device(device)
+    budget = cpu_budget or timing.CpuBudget()
+    for case in cases:
+        providers = providers_for(case.suite, device.type, provider_names, quick)
+        if not providers:
+            continue
+        if device.type == "cuda":
+            yield case, run_case_cuda(case, providers, device, env, warmup_ms, rep_ms)
+        else:
+            yield case, run_case_cpu(case, providers, device, env, budget)
