@@ -21,6 +21,15 @@ def double_backward_through(reference, inputs, outputs_grads):
         if grad is not None:
             outputs.append(out)
             grads.append(grad)
+    if not outputs or not wanted:
+        return tuple(None for _ in inputs)
     found = torch.autograd.grad(outputs, wanted, grads, create_graph=True, allow_unused=True)
     by_id = {id(x): g for x, g in zip(wanted, found)}
     return tuple(by_id.get(id(x)) if isinstance(x, torch.Tensor) else None for x in inputs)
+
+
+def workspace_outputs(ctx, *tensors):
+    """Outputs that only carry saved state to the backward: no gradient flows into them, and unused output
+    gradients stay None instead of being materialised as zero tensors (a [T*B, 4H] fill per call otherwise)."""
+    ctx.mark_non_differentiable(*tensors)
+    ctx.set_materialize_grads(False)

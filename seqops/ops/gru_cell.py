@@ -4,7 +4,7 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import double_backward_through
+from seqops.ops._autograd import double_backward_through, workspace_outputs, zeros_if_none
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
 
 _ops = torch.ops.seqops
@@ -26,6 +26,7 @@ def _gru_cell_backward_fake(grad_h1, input, hx, w_ih, w_hh, gates, hn):
 def _setup_context(ctx, inputs, output):
     input, hx, w_ih, w_hh, b_ih, b_hh = inputs
     _, gates, hn = output
+    workspace_outputs(ctx, gates, hn)
     ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, gates, hn)
 
 
@@ -38,7 +39,7 @@ def _backward(ctx, grad_h1, _grad_gates, _grad_hn):
     if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
         return double_backward_through(_reference_cell, (input, hx, w_ih, w_hh, b_ih, b_hh), (grad_h1,))
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = _ops.gru_cell_backward(
-        grad_h1, input, hx, w_ih, w_hh, gates, hn)
+        zeros_if_none(grad_h1, hn), input, hx, w_ih, w_hh, gates, hn)
     return (grad_input, grad_hx, grad_w_ih, grad_w_hh,
             grad_b_ih if b_ih is not None else None, grad_b_hh if b_hh is not None else None)
 

@@ -4,7 +4,7 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import double_backward_through, zeros_if_none
+from seqops.ops._autograd import double_backward_through, workspace_outputs, zeros_if_none
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
 
 _ops = torch.ops.seqops
@@ -26,6 +26,7 @@ def _lstm_cell_backward_fake(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, c1, ga
 def _setup_context(ctx, inputs, output):
     input, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
     h1, c1, gates = output
+    workspace_outputs(ctx, gates)
     ctx.save_for_backward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, c1, gates)
 
 

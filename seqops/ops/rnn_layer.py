@@ -11,7 +11,7 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import double_backward_through, zeros_if_none
+from seqops.ops._autograd import double_backward_through, workspace_outputs as _workspace, zeros_if_none
 
 _ops = torch.ops.seqops
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
@@ -90,6 +90,7 @@ def _through_reference(mode, reverse, inputs, grads):
 def _lstm_setup(ctx, inputs, output):
     input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
     out, _, _, gates, cells, proj_in = output
+    _workspace(ctx, gates, cells, proj_in)
     ctx.reverse = reverse
     ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, gates, cells, proj_in)
 
@@ -114,6 +115,7 @@ torch.library.register_autograd("seqops::lstm_layer_forward", _lstm_backward, se
 def _gru_setup(ctx, inputs, output):
     input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs
     out, _, gates, hn = output
+    _workspace(ctx, gates, hn)
     ctx.reverse = reverse
     ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, gates, hn)
 
@@ -137,6 +139,7 @@ torch.library.register_autograd("seqops::gru_layer_forward", _gru_backward, setu
 def _rnn_setup(ctx, inputs, output):
     input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, relu = inputs
     ctx.reverse, ctx.relu = reverse, relu
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, output[0])
 
 
