@@ -95,17 +95,28 @@ def _nvidia_pip_includes():
     return dirs
 
 
-def _write_build_info(with_cuda, archs, isa):
-    text = (
-        "# Written by setup.py at build time; read by seqops._extension.\n"
-        f"TORCH_VERSION = {torch.__version__!r}\n"
-        f"TORCH_CUDA_VERSION = {torch.version.cuda!r}\n"
-        f"WITH_CUDA = {with_cuda!r}\n"
-        f"CUDA_ARCH_LIST = {archs!r}\n"
-        f"CPU_ISA = {isa!r}\n"
+BUILD_INFO = {}  # filled by extensions(), written by BuildWithInfo when the extension is actually built
+
+
+def _build_info_text():
+    return "# Written by setup.py when the extension is built; read by seqops._extension.\n" + "".join(
+        f"{key} = {value!r}\n" for key, value in BUILD_INFO.items()
     )
-    with open(os.path.join(ROOT, "seqops", "_build_info.py"), "w") as f:
-        f.write(text)
+
+
+class BuildWithInfo(BuildExtension.with_options(use_ninja=True)):
+    """build_ext that also records how seqops._C was built (seqops/_build_info.py), in the source tree for
+    in-place and editable builds and in build_lib for wheels (build_py has already run by then)."""
+
+    def run(self):
+        super().run()
+        targets = [os.path.join(ROOT, "seqops")]
+        if not self.inplace:
+            targets.append(os.path.join(self.build_lib, "seqops"))
+        for folder in targets:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "_build_info.py"), "w") as f:
+                f.write(_build_info_text())
 
 
 def extensions():
@@ -151,7 +162,10 @@ def extensions():
             extra_compile_args={"cxx": cxx},
             py_limited_api=True,
         )
-    _write_build_info(with_cuda, archs, isa)
+    BUILD_INFO.update(
+        TORCH_VERSION=torch.__version__, TORCH_CUDA_VERSION=torch.version.cuda, WITH_CUDA=with_cuda,
+        CUDA_ARCH_LIST=archs, CPU_ISA=isa,
+    )
     print(f"seqops: CUDA={with_cuda} archs={archs} cpu_isa={isa} torch={torch.__version__}")
     return [ext]
 
@@ -160,6 +174,6 @@ setup(
     packages=["seqops", "seqops.ops", "seqops.nn", "seqops.reference", "seqops.kernels"],
     package_dir={"seqops.kernels": "kernels"},
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildWithInfo},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )
