@@ -41,7 +41,7 @@ bench: build
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 lint: deps
-	$(PY) -m ruff check . || echo "ruff not installed: pip install ruff"
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf build *.egg-info seqops/_C*.so seqops/_build_info.py

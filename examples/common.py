@@ -111,8 +111,14 @@ class Progress:
         self._rich = None
         if enabled and sys.stdout.isatty():
             try:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
-                from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    TextColumn,
+                    TimeElapsedColumn,
+                    TimeRemainingColumn,
+                )
+                from rich.progress import Progress as RichProgress
             except ImportError:
                 pass
             else:

@@ -3,11 +3,11 @@ torch.nn's cells with shared weights: forward, every gradient, opcheck, gradchec
 
 import pytest
 import torch
-from conftest import devices
 from error_rule import assert_error_rule
 from torch import nn
 
 import seqops
+from conftest import devices
 from seqops import reference
 
 # kind -> (seqops function, reference function, torch.nn cell class factory, number of gates, has cell state)

@@ -4,9 +4,9 @@ double backward; compile; bad input; the low-precision error rule."""
 
 import pytest
 import torch
-from conftest import devices
 from error_rule import assert_error_rule
 
+from conftest import devices
 from seqops import reference
 from seqops.ops.rnn_layer import rnn_layer
 

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 
 from benchmarks.providers.base import (
     Provider,
-    allow_recompiles,
     Unavailable,
     Unsupported,
+    allow_recompiles,
     mode_fn,
     random_tensor,
     reference_fn,

@@ -1,8 +1,8 @@
 """What a provider is, and the forward / backward / forward+backward closures every provider shares."""
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -84,9 +84,9 @@ def mode_fn(mode, forward, leaves):
 
     forward() runs the op and returns its outputs (tensors, possibly nested in tuples); leaves are the
     tensors whose gradients the backward computes (inputs, states, weights). Forward runs with grad enabled,
-    as in training; "infer" runs it under no_grad, as in serving. The backward of "bwd" replays one retained graph; each call clears the leaves' .grad
-    first so the timing holds no accumulation into old gradients. The output gradients are the callable's
-    .grads."""
+    as in training; "infer" runs it under no_grad, as in serving. The backward of "bwd" replays one retained
+    graph; each call clears the leaves' .grad first so the timing holds no accumulation into old gradients.
+    The output gradients are the callable's .grads."""
     if mode == "fwd":
         return forward
     if mode == "infer":

@@ -12,7 +12,6 @@ head dims above 256 run the reference everywhere.
 
 import math
 import os
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -121,7 +120,7 @@ def _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_cau
 
 @torch.library.custom_op("seqops::attention_fwd", mutates_args=())
 def attention_fwd(
-    q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], seed: Optional[Tensor],
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, seed: Tensor | None,
     scale: float, is_causal: bool, dropout_p: float,
 ) -> tuple[Tensor, Tensor]:
     # q: [B, H, L, E], k: [B, Hkv, S, E], v: [B, Hkv, S, Ev], mask: [B, H, L, S] view, seed: [1] int64
@@ -141,8 +140,8 @@ def _attention_fwd_fake(q, k, v, mask, seed, scale, is_causal, dropout_p):
 
 @torch.library.custom_op("seqops::attention_bwd", mutates_args=())
 def attention_bwd(
-    dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
-    seed: Optional[Tensor], out: Tensor, lse: Tensor, scale: float, is_causal: bool, dropout_p: float,
+    dout: Tensor, dlse: Tensor | None, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+    seed: Tensor | None, out: Tensor, lse: Tensor, scale: float, is_causal: bool, dropout_p: float,
     need_dmask: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # -> dq [B, H, L, E], dk [B, Hkv, S, E], dv [B, Hkv, S, Ev],

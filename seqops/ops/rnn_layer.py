@@ -11,7 +11,8 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import double_backward_through, workspace_outputs as _workspace, zeros_if_none
+from seqops.ops._autograd import double_backward_through, zeros_if_none
+from seqops.ops._autograd import workspace_outputs as _workspace
 
 _ops = torch.ops.seqops
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")

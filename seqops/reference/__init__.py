@@ -5,5 +5,5 @@ Every function takes ``upcast=False``; with ``upcast=True`` low-precision inputs
 error rule.
 """
 
-from seqops.reference.rnn import *  # noqa: F401,F403
 from seqops.reference.attention import *  # noqa: F401,F403
+from seqops.reference.rnn import *  # noqa: F401,F403
