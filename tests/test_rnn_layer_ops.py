@@ -5,6 +5,8 @@ double backward; compile; bad input; the low-precision error rule."""
 import pytest
 import torch
 from error_rule import assert_error_rule
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import devices
 from seqops import reference
@@ -304,3 +306,23 @@ def test_lstm_cpu_inference_backends_agree(monkeypatch, backend, reverse, bias):
         ref = reference.rnn_layer("LSTM", reverse=reverse, **args)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    mode=st.sampled_from(MODES),
+    reverse=st.booleans(),
+    bias=st.booleans(),
+    size=st.tuples(st.integers(1, 6), st.integers(1, 4), st.integers(1, 9), st.integers(1, 9)),  # (T, B, I, H)
+    lengths=st.lists(st.integers(1, 6), min_size=1, max_size=4) | st.none(),
+    proj=st.integers(0, 3),
+)
+def test_random_layers_match_reference(mode, reverse, bias, size, lengths, proj):
+    # Property: any mode, direction, size, packing (random lengths, sorted as PackedSequence does) and
+    # projection agrees with the reference in float64, outputs and every gradient.
+    T, B, I, H = size  # T and B are set by lengths for packed input
+    if lengths is not None:
+        lengths = sorted(lengths, reverse=True)
+    proj = proj if mode == "LSTM" and proj < H else 0
+    args = make_layer(mode, T=T, B=B, I=I, H=H, proj=proj, bias=bias, lengths=lengths)
+    assert_matches_reference(mode, args, reverse)
