@@ -4,9 +4,9 @@ Environment:
   SEQOPS_CUDA=auto|0|1   auto: build CUDA kernels when torch is a CUDA build and a toolkit is found
                          (a visible GPU is not required); 1: fail loudly if that is impossible; 0: CPU only.
   TORCH_CUDA_ARCH_LIST   GPU architectures; with no GPU visible and none given, DEFAULT_CUDA_ARCHS below.
-  SEQOPS_CPU_ISA=auto|avx2|default
-                         auto: AVX2+FMA vector kernels when the building x86-64 CPU has them (pip builds
-                         from source on the machine that runs it); default: portable code.
+  SEQOPS_CPU_ISA=auto|avx512|avx2|default
+                         auto: the widest of AVX-512 / AVX2+FMA vector kernels that the building x86-64 CPU
+                         has (pip builds from source on the machine that runs it); default: portable code.
   MAX_JOBS               parallel compile jobs (torch.utils.cpp_extension honours it).
   SEQOPS_DEBUG=1         -O0 -g, for gdb / compute-sanitizer line info.
 """
@@ -71,8 +71,8 @@ def _want_cuda():
 
 def _cpu_isa():
     mode = os.environ.get("SEQOPS_CPU_ISA", "auto").lower()
-    if mode not in ("auto", "avx2", "default"):
-        sys.exit(f"SEQOPS_CPU_ISA must be auto, avx2 or default, not {mode!r}")
+    if mode not in ("auto", "avx512", "avx2", "default"):
+        sys.exit(f"SEQOPS_CPU_ISA must be auto, avx512, avx2 or default, not {mode!r}")
     if mode != "auto":
         return mode
     if platform.machine() not in ("x86_64", "AMD64"):
@@ -81,6 +81,8 @@ def _cpu_isa():
         flags = open("/proc/cpuinfo").read().split()
     except OSError:
         return "default"
+    if all(f in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma")):
+        return "avx512"
     return "avx2" if "avx2" in flags and "fma" in flags else "default"
 
 
@@ -128,8 +130,11 @@ def extensions():
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # No -std: torch.utils.cpp_extension picks the standard its headers need (C++20 for torch 2.14).
     cxx += ["-fdiagnostics-color=always", "-Wall", "-Wno-unused-function"]
-    if isa == "avx2":
-        # Selects ATen's AVX2 Vectorized<> (SLEEF math, exported by libtorch_cpu) in our own namespace.
+    # Selects ATen's Vectorized<> of that width (SLEEF math, exported by libtorch_cpu) in our own namespace.
+    if isa == "avx512":
+        cxx += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+                "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"]
+    elif isa == "avx2":
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
     macros = [("Py_LIMITED_API", "0x030a0000")]
     include_dirs = [os.path.join(ROOT, "csrc")]
