@@ -41,8 +41,6 @@ class StepGemm {
     return bias.has_value() ? at::addmm(*bias, h, weight_.t()) : at::mm(h, weight_.t());
   }
 
-  bool uses_onednn() const { return packed_.defined(); }
-
  private:
   // oneDNN's call costs ~20 us however small the product; at::mm wins below ~1M multiply-adds (measured:
   // [16, 64] x [64, 256] 10 us vs 25 us; [4, 256] x [256, 1024] 56 us vs 41 us, one thread).
