@@ -10,7 +10,6 @@ from torch import nn
 
 # The fused cell ops are looked up on seqops at call time: seqops/__init__ imports this module first.
 import seqops
-from seqops.nn._autocast import autocast_dtype, autocast_off, cast
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
@@ -26,13 +25,8 @@ def _zeros_state(cell, input):
 
 
 def _run_cell(op, cell, input, hx):
-    """``op(input, hx, w_ih, w_hh, b_ih, b_hh)``, under autocast in the autocast dtype (see _autocast.py)."""
-    weights = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
-    dtype = autocast_dtype(input.device.type)
-    if dtype is not None:
-        input, hx, weights = cast(input, dtype), cast(hx, dtype), cast(weights, dtype)
-    with autocast_off(input.device.type, dtype):
-        return op(input, hx, *weights)
+    """``op(input, hx, w_ih, w_hh, b_ih, b_hh)``; the functional ops handle autocast themselves (with_autocast)."""
+    return op(input, hx, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
 
 
 class LSTMCell(nn.LSTMCell):
