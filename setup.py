@@ -136,6 +136,12 @@ def extensions():
                 "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"]
     elif isa == "avx2":
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    # at::parallel_for is a header template: without OpenMP in our own compile it runs every loop on one thread.
+    # torch's wheels use OpenMP (libgomp) on Linux; the extension shares that runtime and its thread pool.
+    link = []
+    if sys.platform.startswith("linux"):
+        cxx += ["-fopenmp"]
+        link += ["-fopenmp"]
     macros = [("Py_LIMITED_API", "0x030a0000")]
     include_dirs = [os.path.join(ROOT, "csrc")]
 
@@ -156,6 +162,7 @@ def extensions():
             include_dirs=include_dirs,
             define_macros=macros,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=link,
             py_limited_api=True,
         )
     else:
@@ -165,6 +172,7 @@ def extensions():
             include_dirs=include_dirs,
             define_macros=macros,
             extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
             py_limited_api=True,
         )
     BUILD_INFO.update(

@@ -13,66 +13,84 @@ using cpu::relu_grad_;
 using cpu::sigmoid_;
 using cpu::store;
 using cpu::tanh_;
+using cpu::with_optional;
 
 #define SEQOPS_DISPATCH_FLOATS(t, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), name, __VA_ARGS__)
 
-// gates: [B, 4H] (i, f, g, o) pre-activation in, activation out; c_prev/c_new/h_new: [B, H]
-void lstm_forward_pointwise_cpu(const Tensor& gates, const Tensor& c_prev, const Tensor& c_new,
-                                const Tensor& h_new) {
+// gates: [B, 4H] (i, f, g, o) W_ih x + b in, activations out; gates_h: [B, 4H] W_hh h or undefined;
+// c_prev/c_new/h_new: [B, H]
+void lstm_forward_pointwise_cpu(const Tensor& gates, const Tensor& gates_h, const Tensor& c_prev,
+                                const Tensor& c_new, const Tensor& h_new) {
   const int64_t rows = gates.size(0), H = c_new.size(1);
   SEQOPS_DISPATCH_FLOATS(gates, "lstm_forward_pointwise_cpu", [&] {
-    auto* g = gates.data_ptr<scalar_t>();
-    const auto* cp = c_prev.const_data_ptr<scalar_t>();
-    auto* cn = c_new.data_ptr<scalar_t>();
-    auto* hn = h_new.data_ptr<scalar_t>();
-    const int64_t gs = gates.stride(0), cps = c_prev.stride(0), cns = c_new.stride(0), hs = h_new.stride(0);
-    for_each_row_col<scalar_t>(rows, H, [&](int64_t r, int64_t j, auto lane) {
-      using V = typename decltype(lane)::type;
-      scalar_t* gr = g + r * gs + j;
-      const V i = sigmoid_(load<V>(gr));
-      const V f = sigmoid_(load<V>(gr + H));
-      const V gg = tanh_(load<V>(gr + 2 * H));
-      const V o = sigmoid_(load<V>(gr + 3 * H));
-      const V c = f * load<V>(cp + r * cps + j) + i * gg;
-      store(gr, i);
-      store(gr + H, f);
-      store(gr + 2 * H, gg);
-      store(gr + 3 * H, o);
-      store(cn + r * cns + j, c);
-      store(hn + r * hs + j, o * tanh_(c));
+    with_optional(gates_h, [&](auto has_gh) {
+      auto* g = gates.data_ptr<scalar_t>();
+      const scalar_t* gh = has_gh ? gates_h.const_data_ptr<scalar_t>() : nullptr;
+      const auto* cp = c_prev.const_data_ptr<scalar_t>();
+      auto* cn = c_new.data_ptr<scalar_t>();
+      auto* hn = h_new.data_ptr<scalar_t>();
+      const int64_t gs = gates.stride(0), ghs = has_gh ? gates_h.stride(0) : 0;
+      const int64_t cps = c_prev.stride(0), cns = c_new.stride(0), hs = h_new.stride(0);
+      for_each_row_col<scalar_t>(rows, H, [&](int64_t r, int64_t j, auto lane) {
+        using V = typename decltype(lane)::type;
+        scalar_t* gr = g + r * gs + j;
+        const auto pre = [&](int64_t k) {
+          if constexpr (decltype(has_gh)::value)
+            return load<V>(gr + k * H) + load<V>(gh + r * ghs + j + k * H);
+          else
+            return load<V>(gr + k * H);
+        };
+        const V i = sigmoid_(pre(0));
+        const V f = sigmoid_(pre(1));
+        const V gg = tanh_(pre(2));
+        const V o = sigmoid_(pre(3));
+        const V c = f * load<V>(cp + r * cps + j) + i * gg;
+        store(gr, i);
+        store(gr + H, f);
+        store(gr + 2 * H, gg);
+        store(gr + 3 * H, o);
+        store(cn + r * cns + j, c);
+        store(hn + r * hs + j, o * tanh_(c));
+      });
     });
   });
 }
 
-// gates: [B, 4H] activations; c_prev/c_new/grad_h: [B, H]; grad_c: [B, H] in dc_new, out dc_prev;
-// grad_gates: [B, 4H] out
+// gates: [B, 4H] activations; c_prev/c_new/grad_h: [B, H]; grad_h_out: [B, H] or undefined;
+// grad_c: [B, H] in dc_new, out dc_prev; grad_gates: [B, 4H] out
 void lstm_backward_pointwise_cpu(const Tensor& gates, const Tensor& c_prev, const Tensor& c_new,
-                                 const Tensor& grad_h, const Tensor& grad_c, const Tensor& grad_gates) {
+                                 const Tensor& grad_h, const Tensor& grad_h_out, const Tensor& grad_c,
+                                 const Tensor& grad_gates) {
   const int64_t rows = gates.size(0), H = c_new.size(1);
   SEQOPS_DISPATCH_FLOATS(gates, "lstm_backward_pointwise_cpu", [&] {
-    const auto* g = gates.const_data_ptr<scalar_t>();
-    const auto* cp = c_prev.const_data_ptr<scalar_t>();
-    const auto* cn = c_new.const_data_ptr<scalar_t>();
-    const auto* dh = grad_h.const_data_ptr<scalar_t>();
-    auto* dc = grad_c.data_ptr<scalar_t>();
-    auto* dg = grad_gates.data_ptr<scalar_t>();
-    const int64_t gs = gates.stride(0), cps = c_prev.stride(0), cns = c_new.stride(0);
-    const int64_t dhs = grad_h.stride(0), dcs = grad_c.stride(0), dgs = grad_gates.stride(0);
-    for_each_row_col<scalar_t>(rows, H, [&](int64_t r, int64_t j, auto lane) {
-      using V = typename decltype(lane)::type;
-      const scalar_t* gr = g + r * gs + j;
-      const V i = load<V>(gr), f = load<V>(gr + H), gg = load<V>(gr + 2 * H), o = load<V>(gr + 3 * H);
-      const V tc = tanh_(load<V>(cn + r * cns + j));
-      const V d_h = load<V>(dh + r * dhs + j);
-      scalar_t* dcr = dc + r * dcs + j;
-      const V d_c = load<V>(dcr) + d_h * o * (V(1) - tc * tc);
-      scalar_t* dgr = dg + r * dgs + j;
-      store(dgr, d_c * gg * i * (V(1) - i));
-      store(dgr + H, d_c * load<V>(cp + r * cps + j) * f * (V(1) - f));
-      store(dgr + 2 * H, d_c * i * (V(1) - gg * gg));
-      store(dgr + 3 * H, d_h * tc * o * (V(1) - o));
-      store(dcr, d_c * f);
+    with_optional(grad_h_out, [&](auto has_out) {
+      const auto* g = gates.const_data_ptr<scalar_t>();
+      const auto* cp = c_prev.const_data_ptr<scalar_t>();
+      const auto* cn = c_new.const_data_ptr<scalar_t>();
+      const auto* dh = grad_h.const_data_ptr<scalar_t>();
+      const scalar_t* dho = has_out ? grad_h_out.const_data_ptr<scalar_t>() : nullptr;
+      auto* dc = grad_c.data_ptr<scalar_t>();
+      auto* dg = grad_gates.data_ptr<scalar_t>();
+      const int64_t gs = gates.stride(0), cps = c_prev.stride(0), cns = c_new.stride(0);
+      const int64_t dhs = grad_h.stride(0), dhos = has_out ? grad_h_out.stride(0) : 0;
+      const int64_t dcs = grad_c.stride(0), dgs = grad_gates.stride(0);
+      for_each_row_col<scalar_t>(rows, H, [&](int64_t r, int64_t j, auto lane) {
+        using V = typename decltype(lane)::type;
+        const scalar_t* gr = g + r * gs + j;
+        const V i = load<V>(gr), f = load<V>(gr + H), gg = load<V>(gr + 2 * H), o = load<V>(gr + 3 * H);
+        const V tc = tanh_(load<V>(cn + r * cns + j));
+        V d_h = load<V>(dh + r * dhs + j);
+        if constexpr (decltype(has_out)::value) d_h = d_h + load<V>(dho + r * dhos + j);
+        scalar_t* dcr = dc + r * dcs + j;
+        const V d_c = load<V>(dcr) + d_h * o * (V(1) - tc * tc);
+        scalar_t* dgr = dg + r * dgs + j;
+        store(dgr, d_c * gg * i * (V(1) - i));
+        store(dgr + H, d_c * load<V>(cp + r * cps + j) * f * (V(1) - f));
+        store(dgr + 2 * H, d_c * i * (V(1) - gg * gg));
+        store(dgr + 3 * H, d_h * tc * o * (V(1) - o));
+        store(dcr, d_c * f);
+      });
     });
   });
 }
@@ -144,34 +162,44 @@ void gru_backward_pointwise_cpu(const Tensor& gates, const Tensor& hn, const Ten
   });
 }
 
-// pre: [B, H] in; h_new: [B, H] out = tanh(pre) or relu(pre)
-void rnn_forward_pointwise_cpu(const Tensor& pre, const Tensor& h_new, bool relu) {
+// pre: [B, H] in; pre_h: [B, H] or undefined; h_new: [B, H] out = act(pre + pre_h), may alias pre
+void rnn_forward_pointwise_cpu(const Tensor& pre, const Tensor& pre_h, const Tensor& h_new, bool relu) {
   const int64_t rows = pre.size(0), H = pre.size(1);
   SEQOPS_DISPATCH_FLOATS(pre, "rnn_forward_pointwise_cpu", [&] {
-    const auto* p = pre.const_data_ptr<scalar_t>();
-    auto* h = h_new.data_ptr<scalar_t>();
-    const int64_t ps = pre.stride(0), hs = h_new.stride(0);
-    for_each_row_col<scalar_t>(rows, H, [&](int64_t r, int64_t j, auto lane) {
-      using V = typename decltype(lane)::type;
-      const V x = load<V>(p + r * ps + j);
-      store(h + r * hs + j, relu ? relu_(x) : tanh_(x));
+    with_optional(pre_h, [&](auto has_h) {
+      const auto* p = pre.const_data_ptr<scalar_t>();
+      const scalar_t* ph = has_h ? pre_h.const_data_ptr<scalar_t>() : nullptr;
+      auto* h = h_new.data_ptr<scalar_t>();
+      const int64_t ps = pre.stride(0), phs = has_h ? pre_h.stride(0) : 0, hs = h_new.stride(0);
+      for_each_row_col<scalar_t>(rows, H, [&](int64_t r, int64_t j, auto lane) {
+        using V = typename decltype(lane)::type;
+        V x = load<V>(p + r * ps + j);
+        if constexpr (decltype(has_h)::value) x = x + load<V>(ph + r * phs + j);
+        store(h + r * hs + j, relu ? relu_(x) : tanh_(x));
+      });
     });
   });
 }
 
-// h_new/grad_h/grad_pre: [B, H]; grad_pre may alias grad_h
-void rnn_backward_pointwise_cpu(const Tensor& h_new, const Tensor& grad_h, const Tensor& grad_pre, bool relu) {
+// h_new/grad_h: [B, H]; grad_h_out: [B, H] or undefined; grad_pre: [B, H] out, may alias grad_h
+void rnn_backward_pointwise_cpu(const Tensor& h_new, const Tensor& grad_h, const Tensor& grad_h_out,
+                                const Tensor& grad_pre, bool relu) {
   const int64_t rows = h_new.size(0), H = h_new.size(1);
   SEQOPS_DISPATCH_FLOATS(h_new, "rnn_backward_pointwise_cpu", [&] {
-    const auto* h = h_new.const_data_ptr<scalar_t>();
-    const auto* dh = grad_h.const_data_ptr<scalar_t>();
-    auto* dp = grad_pre.data_ptr<scalar_t>();
-    const int64_t hs = h_new.stride(0), dhs = grad_h.stride(0), dps = grad_pre.stride(0);
-    for_each_row_col<scalar_t>(rows, H, [&](int64_t r, int64_t j, auto lane) {
-      using V = typename decltype(lane)::type;
-      const V y = load<V>(h + r * hs + j);
-      const V d = load<V>(dh + r * dhs + j);
-      store(dp + r * dps + j, relu ? d * relu_grad_(y) : d * (V(1) - y * y));
+    with_optional(grad_h_out, [&](auto has_out) {
+      const auto* h = h_new.const_data_ptr<scalar_t>();
+      const auto* dh = grad_h.const_data_ptr<scalar_t>();
+      const scalar_t* dho = has_out ? grad_h_out.const_data_ptr<scalar_t>() : nullptr;
+      auto* dp = grad_pre.data_ptr<scalar_t>();
+      const int64_t hs = h_new.stride(0), dhs = grad_h.stride(0), dps = grad_pre.stride(0);
+      const int64_t dhos = has_out ? grad_h_out.stride(0) : 0;
+      for_each_row_col<scalar_t>(rows, H, [&](int64_t r, int64_t j, auto lane) {
+        using V = typename decltype(lane)::type;
+        const V y = load<V>(h + r * hs + j);
+        V d = load<V>(dh + r * dhs + j);
+        if constexpr (decltype(has_out)::value) d = d + load<V>(dho + r * dhos + j);
+        store(dp + r * dps + j, relu ? d * relu_grad_(y) : d * (V(1) - y * y));
+      });
     });
   });
 }

@@ -20,6 +20,17 @@ template <typename T>
 __device__ __forceinline__ T sigmoid_(T x) {
   return T(1) / (T(1) + exp_(-x));  // -> exactly 0 for very negative x, like torch.sigmoid
 }
+// An optional input (undefined tensor -> null pointer) reads as 0; the branch is uniform over the grid.
+template <typename T, typename S>
+__device__ __forceinline__ T load_or_zero(const S* p, int64_t idx) {
+  return p != nullptr ? static_cast<T>(p[idx]) : T(0);
+}
+template <typename S>
+const S* optional_ptr(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr<S>() : nullptr;
+}
+inline int64_t optional_stride(const Tensor& t) { return t.defined() ? t.stride(0) : 0; }
+
 template <typename T>
 __device__ __forceinline__ T relu_(T x) {
   return (x > T(0) || x != x) ? x : T(0);  // NaN propagates, like torch.relu
@@ -50,23 +61,27 @@ void launch_rows_cols(int64_t rows, int64_t cols, const Body& body) {
 
 }  // namespace
 
-// gates: [B, 4H] (i, f, g, o) pre-activation in, activation out; c_prev/c_new/h_new: [B, H]
-void lstm_forward_pointwise_cuda(const Tensor& gates, const Tensor& c_prev, const Tensor& c_new,
-                                 const Tensor& h_new) {
+// gates: [B, 4H] (i, f, g, o) W_ih x + b in, activations out; gates_h: [B, 4H] W_hh h or undefined;
+// c_prev/c_new/h_new: [B, H]
+void lstm_forward_pointwise_cuda(const Tensor& gates, const Tensor& gates_h, const Tensor& c_prev,
+                                 const Tensor& c_new, const Tensor& h_new) {
   const int64_t H = c_new.size(1);
   SEQOPS_DISPATCH_FLOATS(gates, "lstm_forward_pointwise_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     scalar_t* g = gates.data_ptr<scalar_t>();
+    const scalar_t* gh = optional_ptr<scalar_t>(gates_h);
     const scalar_t* cp = c_prev.const_data_ptr<scalar_t>();
     scalar_t* cn = c_new.data_ptr<scalar_t>();
     scalar_t* hn = h_new.data_ptr<scalar_t>();
-    const int64_t gs = gates.stride(0), cps = c_prev.stride(0), cns = c_new.stride(0), hs = h_new.stride(0);
+    const int64_t gs = gates.stride(0), ghs = optional_stride(gates_h);
+    const int64_t cps = c_prev.stride(0), cns = c_new.stride(0), hs = h_new.stride(0);
     launch_rows_cols(gates.size(0), H, [=] __device__(int64_t r, int64_t j) {
       scalar_t* gr = g + r * gs + j;
-      const T i = sigmoid_(static_cast<T>(gr[0]));
-      const T f = sigmoid_(static_cast<T>(gr[H]));
-      const T gg = tanh_(static_cast<T>(gr[2 * H]));
-      const T o = sigmoid_(static_cast<T>(gr[3 * H]));
+      const int64_t hj = r * ghs + j;
+      const T i = sigmoid_(static_cast<T>(gr[0]) + load_or_zero<T>(gh, hj));
+      const T f = sigmoid_(static_cast<T>(gr[H]) + load_or_zero<T>(gh, hj + H));
+      const T gg = tanh_(static_cast<T>(gr[2 * H]) + load_or_zero<T>(gh, hj + 2 * H));
+      const T o = sigmoid_(static_cast<T>(gr[3 * H]) + load_or_zero<T>(gh, hj + 3 * H));
       const T c = f * static_cast<T>(cp[r * cps + j]) + i * gg;
       gr[0] = i;
       gr[H] = f;
@@ -78,10 +93,11 @@ void lstm_forward_pointwise_cuda(const Tensor& gates, const Tensor& c_prev, cons
   });
 }
 
-// gates: [B, 4H] activations; c_prev/c_new/grad_h: [B, H]; grad_c: [B, H] in dc_new, out dc_prev;
-// grad_gates: [B, 4H] out
+// gates: [B, 4H] activations; c_prev/c_new/grad_h: [B, H]; grad_h_out: [B, H] or undefined;
+// grad_c: [B, H] in dc_new, out dc_prev; grad_gates: [B, 4H] out
 void lstm_backward_pointwise_cuda(const Tensor& gates, const Tensor& c_prev, const Tensor& c_new,
-                                  const Tensor& grad_h, const Tensor& grad_c, const Tensor& grad_gates) {
+                                  const Tensor& grad_h, const Tensor& grad_h_out, const Tensor& grad_c,
+                                  const Tensor& grad_gates) {
   const int64_t H = c_new.size(1);
   SEQOPS_DISPATCH_FLOATS(gates, "lstm_backward_pointwise_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -89,15 +105,17 @@ void lstm_backward_pointwise_cuda(const Tensor& gates, const Tensor& c_prev, con
     const scalar_t* cp = c_prev.const_data_ptr<scalar_t>();
     const scalar_t* cn = c_new.const_data_ptr<scalar_t>();
     const scalar_t* dh = grad_h.const_data_ptr<scalar_t>();
+    const scalar_t* dho = optional_ptr<scalar_t>(grad_h_out);
     scalar_t* dc = grad_c.data_ptr<scalar_t>();
     scalar_t* dg = grad_gates.data_ptr<scalar_t>();
     const int64_t gs = gates.stride(0), cps = c_prev.stride(0), cns = c_new.stride(0);
-    const int64_t dhs = grad_h.stride(0), dcs = grad_c.stride(0), dgs = grad_gates.stride(0);
+    const int64_t dhs = grad_h.stride(0), dhos = optional_stride(grad_h_out);
+    const int64_t dcs = grad_c.stride(0), dgs = grad_gates.stride(0);
     launch_rows_cols(gates.size(0), H, [=] __device__(int64_t r, int64_t j) {
       const scalar_t* gr = g + r * gs + j;
       const T i = gr[0], f = gr[H], gg = gr[2 * H], o = gr[3 * H];
       const T tc = tanh_(static_cast<T>(cn[r * cns + j]));
-      const T d_h = dh[r * dhs + j];
+      const T d_h = static_cast<T>(dh[r * dhs + j]) + load_or_zero<T>(dho, r * dhos + j);
       const T d_c = static_cast<T>(dc[r * dcs + j]) + d_h * o * (T(1) - tc * tc);
       scalar_t* dgr = dg + r * dgs + j;
       dgr[0] = d_c * gg * i * (T(1) - i);
@@ -174,31 +192,35 @@ void gru_backward_pointwise_cuda(const Tensor& gates, const Tensor& hn, const Te
   });
 }
 
-// pre: [B, H] in; h_new: [B, H] out (may alias pre)
-void rnn_forward_pointwise_cuda(const Tensor& pre, const Tensor& h_new, bool relu) {
+// pre: [B, H] in; pre_h: [B, H] or undefined; h_new: [B, H] out = act(pre + pre_h), may alias pre
+void rnn_forward_pointwise_cuda(const Tensor& pre, const Tensor& pre_h, const Tensor& h_new, bool relu) {
   SEQOPS_DISPATCH_FLOATS(pre, "rnn_forward_pointwise_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* p = pre.const_data_ptr<scalar_t>();
+    const scalar_t* ph = optional_ptr<scalar_t>(pre_h);
     scalar_t* h = h_new.data_ptr<scalar_t>();
-    const int64_t ps = pre.stride(0), hs = h_new.stride(0);
+    const int64_t ps = pre.stride(0), phs = optional_stride(pre_h), hs = h_new.stride(0);
     launch_rows_cols(pre.size(0), pre.size(1), [=] __device__(int64_t r, int64_t j) {
-      const T x = p[r * ps + j];
+      const T x = static_cast<T>(p[r * ps + j]) + load_or_zero<T>(ph, r * phs + j);
       h[r * hs + j] = relu ? relu_(x) : tanh_(x);
     });
   });
 }
 
-// h_new/grad_h/grad_pre: [B, H]; grad_pre may alias grad_h
-void rnn_backward_pointwise_cuda(const Tensor& h_new, const Tensor& grad_h, const Tensor& grad_pre, bool relu) {
+// h_new/grad_h: [B, H]; grad_h_out: [B, H] or undefined; grad_pre: [B, H] out, may alias grad_h
+void rnn_backward_pointwise_cuda(const Tensor& h_new, const Tensor& grad_h, const Tensor& grad_h_out,
+                                 const Tensor& grad_pre, bool relu) {
   SEQOPS_DISPATCH_FLOATS(h_new, "rnn_backward_pointwise_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* h = h_new.const_data_ptr<scalar_t>();
     const scalar_t* dh = grad_h.const_data_ptr<scalar_t>();
+    const scalar_t* dho = optional_ptr<scalar_t>(grad_h_out);
     scalar_t* dp = grad_pre.data_ptr<scalar_t>();
-    const int64_t hs = h_new.stride(0), dhs = grad_h.stride(0), dps = grad_pre.stride(0);
+    const int64_t hs = h_new.stride(0), dhs = grad_h.stride(0), dhos = optional_stride(grad_h_out);
+    const int64_t dps = grad_pre.stride(0);
     launch_rows_cols(h_new.size(0), h_new.size(1), [=] __device__(int64_t r, int64_t j) {
       const T y = h[r * hs + j];
-      const T d = dh[r * dhs + j];
+      const T d = static_cast<T>(dh[r * dhs + j]) + load_or_zero<T>(dho, r * dhos + j);
       dp[r * dps + j] = relu ? (y > T(0) ? d : T(0)) : d * (T(1) - y * y);
     });
   });

@@ -36,7 +36,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_forward(const Tensor& input, const 
   add_recurrent(gates, hx, w_hh);
   Tensor c1 = at::empty({input.size(0), H}, input.options());
   Tensor h1 = at::empty_like(c1);
-  lstm_forward_pointwise(gates, cx.contiguous(), c1, h1);
+  lstm_forward_pointwise(gates, Tensor(), cx.contiguous(), c1, h1);
   return {h1, c1, gates};
 }
 
@@ -52,7 +52,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward(
   c10::OptionalDeviceGuard guard(input.device());
   Tensor grad_gates = at::empty({input.size(0), 4 * H}, input.options());
   Tensor grad_cx = grad_c1.contiguous().clone();
-  lstm_backward_pointwise(gates.contiguous(), cx.contiguous(), c1.contiguous(), grad_h1.contiguous(), grad_cx,
+  lstm_backward_pointwise(gates.contiguous(), cx.contiguous(), c1.contiguous(), grad_h1.contiguous(), Tensor(), grad_cx,
                           grad_gates);
   return {grad_gates.mm(w_ih), grad_gates.mm(w_hh),  grad_cx,
           grad_gates.t().mm(input), grad_gates.t().mm(hx), bias_grad(grad_gates)};
@@ -99,7 +99,7 @@ Tensor rnn_cell_forward(const Tensor& input, const Tensor& hx, const Tensor& w_i
   c10::OptionalDeviceGuard guard(input.device());
   Tensor pre = project(input, w_ih, b_ih, b_hh);
   add_recurrent(pre, hx, w_hh);
-  rnn_forward_pointwise(pre, pre, relu);  // in place: pre is a fresh buffer
+  rnn_forward_pointwise(pre, Tensor(), pre, relu);  // in place: pre is a fresh buffer
   return pre;
 }
 
@@ -113,7 +113,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(const Tenso
   check_state("rnn_cell_backward", input, h1, {input.size(0), H}, "h1");
   c10::OptionalDeviceGuard guard(input.device());
   Tensor grad_pre = at::empty({input.size(0), H}, input.options());
-  rnn_backward_pointwise(h1.contiguous(), grad_h1.contiguous(), grad_pre, relu);
+  rnn_backward_pointwise(h1.contiguous(), grad_h1.contiguous(), Tensor(), grad_pre, relu);
   return {grad_pre.mm(w_ih), grad_pre.mm(w_hh), grad_pre.t().mm(input), grad_pre.t().mm(hx),
           bias_grad(grad_pre)};
 }

@@ -3,11 +3,14 @@
 // pointwise kernel that writes straight into the output. The backward walks the steps in reverse and does
 // the weight gradients as large GEMMs after the loop. Packed sequences shrink the active batch per step.
 //
-// State buffers h/c ([B, F]) carry the recurrence; rows of sequences that have ended (or, running in
-// reverse, not yet started) keep their value, which is what makes packed input need no special case:
-// forward, h ends as h_n; backward, the gradient buffers end as the gradients of h0/c0.
+// The recurrent state is carried as a view of the previous step's output (CarriedState), so no step copies
+// it; the step GEMM's result goes straight into the fused pointwise kernel, which adds it to the input
+// projection as it reads both. Packed input needs no special case: a row's state stays put once its sequence
+// has ended (or, running in reverse, until it starts), so h ends as h_n, and in the backward the gradient
+// states end as the gradients of h0/c0.
 #include <c10/core/DeviceGuard.h>
 
+#include "rnn/carried_state.h"
 #include "rnn/checks.h"
 #include "rnn/gemm.h"
 #include "rnn/ops.h"
@@ -80,21 +83,21 @@ Tensor6 lstm_layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
   Tensor output = at::empty({N, hx.size(1)}, input.options());
   Tensor cells = at::empty({N, H}, input.options());
   Tensor proj_in = at::empty({proj ? N : 0, H}, input.options());
-  Tensor h = hx.contiguous().clone(), c = cx.contiguous().clone();
+  CarriedState h(hx), c(cx);
   const StepGemm recurrent(w_hh, a.layout.batch);
   const std::optional<StepGemm> projection = proj ? std::make_optional<StepGemm>(*w_hr, a.layout.batch)
                                                   : std::nullopt;
   for (size_t i = 0; i < a.layout.steps.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
-    Tensor g = rows(gates, s), h_out = rows(output, s), c_new = rows(cells, s);
-    g.add_(recurrent(active(h, s)));
+    Tensor h_out = rows(output, s), c_new = rows(cells, s);
+    const Tensor c_prev = c.enter(s.batch);
     Tensor r = proj ? rows(proj_in, s) : h_out;
-    lstm_forward_pointwise(g, active(c, s), c_new, r);
+    lstm_forward_pointwise(rows(gates, s), recurrent(h.enter(s.batch)), c_prev, c_new, r);
     if (proj) h_out.copy_((*projection)(r));
-    active(h, s).copy_(h_out);
-    active(c, s).copy_(c_new);
+    h.leave(h_out);
+    c.leave(c_new);
   }
-  return {shape_output(output, input, a.layout), h, c, gates, cells, proj_in};
+  return {shape_output(output, input, a.layout), h.finish(), c.finish(), gates, cells, proj_in};
 }
 
 // -> grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias [4H] (for b_ih and b_hh alike), grad_w_hr
@@ -118,10 +121,11 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
   check_state(op, input, proj_in, {proj ? N : 0, H}, "proj_in");
   c10::OptionalDeviceGuard guard(input.device());
   const Tensor grad_out = flat_grad(grad_output, a.layout);
-  const Tensor out2d = output.reshape({N, P});
-  const Tensor c_prev = gather_previous(a.layout, cells, cx.contiguous(), reverse);
+  const Tensor out2d = output.reshape({N, P}).contiguous();
+  const PreviousRows c_prev(a.layout, cells, cx.contiguous(), reverse);
   Tensor grad_gates = at::empty({N, 4 * H}, input.options());
-  Tensor dh = grad_h_n.contiguous().clone(), dc = grad_c_n.contiguous().clone();
+  CarriedState dh(grad_h_n);
+  Tensor dc = grad_c_n.contiguous().clone();  // updated in place, step by step
   Tensor grad_h_all = at::empty({proj ? N : 0, P}, input.options());  // dL/dh per step, for grad_w_hr
   // Transposed weights: dh = dgates @ W_hh is the step product with W_hh^T; dr = dh @ W_hr likewise.
   const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
@@ -129,20 +133,22 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
       proj ? std::make_optional<StepGemm>(w_hr->t(), a.layout.batch) : std::nullopt;
   for (size_t i = a.layout.steps.size(); i-- > 0;) {
     const Step s = a.layout.at(i, reverse);
-    Tensor dh_s = active(dh, s), dg = rows(grad_gates, s);
-    dh_s.add_(rows(grad_out, s));
-    Tensor d_pre_proj = dh_s;
-    if (proj) {
-      rows(grad_h_all, s).copy_(dh_s);
-      d_pre_proj = (*projection_t)(dh_s);
+    Tensor dg = rows(grad_gates, s);
+    const Tensor dh_later = dh.enter(s.batch), dc_s = active(dc, s);
+    if (proj) {  // the projection's GEMM needs the whole dL/dh first
+      Tensor dh_s = rows(grad_h_all, s);
+      at::add_out(dh_s, dh_later, rows(grad_out, s));
+      lstm_backward_pointwise(rows(gates, s), c_prev.at(i), rows(cells, s), (*projection_t)(dh_s), Tensor(), dc_s,
+                              dg);
+    } else {
+      lstm_backward_pointwise(rows(gates, s), c_prev.at(i), rows(cells, s), dh_later, rows(grad_out, s), dc_s, dg);
     }
-    lstm_backward_pointwise(rows(gates, s), rows(c_prev, s), rows(cells, s), d_pre_proj, active(dc, s), dg);
-    dh_s.copy_(recurrent_t(dg));
+    dh.leave(recurrent_t(dg));
   }
-  const Tensor h_prev = gather_previous(a.layout, out2d, hx.contiguous(), reverse);
   Tensor grad_input = input_grad_or_empty(input_grad, grad_gates, w_ih, input);
   Tensor grad_w_hr = proj ? grad_h_all.t().mm(proj_in) : at::empty({0}, input.options());
-  return {grad_input, dh, dc, grad_gates.t().mm(a.input2d), grad_gates.t().mm(h_prev), bias_grad(grad_gates),
+  Tensor grad_w_hh = recurrent_weight_grad(a.layout, grad_gates, out2d, hx.contiguous(), reverse);
+  return {grad_input, dh.finish(), dc, grad_gates.t().mm(a.input2d), grad_w_hh, bias_grad(grad_gates),
           grad_w_hr};
 }
 
@@ -156,16 +162,16 @@ Tensor4 gru_layer_forward(const Tensor& input, const OptTensor& batch_sizes, con
   Tensor gates = project(a.input2d, w_ih, b_ih);
   Tensor output = at::empty({N, H}, input.options());
   Tensor hn = at::empty({N, H}, input.options());
-  Tensor h = hx.contiguous().clone();
+  CarriedState h(hx);
   const StepGemm recurrent(w_hh, a.layout.batch);
   for (size_t i = 0; i < a.layout.steps.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
-    Tensor h_s = active(h, s), h_out = rows(output, s);
-    const Tensor gh = recurrent(h_s, b_hh);  // W_hh h + b_hh, kept apart: r multiplies its n part
-    gru_forward_pointwise(rows(gates, s), gh, h_s, h_out, rows(hn, s));
-    h_s.copy_(h_out);
+    const Tensor h_prev = h.enter(s.batch), h_out = rows(output, s);
+    const Tensor gh = recurrent(h_prev, b_hh);  // W_hh h + b_hh, kept apart: r multiplies its n part
+    gru_forward_pointwise(rows(gates, s), gh, h_prev, h_out, rows(hn, s));
+    h.leave(h_out);
   }
-  return {shape_output(output, input, a.layout), h, gates, hn};
+  return {shape_output(output, input, a.layout), h.finish(), gates, hn};
 }
 
 // -> grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih [3H], grad_b_hh [3H]
@@ -182,7 +188,8 @@ Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
   check_state(op, input, hn, {N, H}, "hn");
   c10::OptionalDeviceGuard guard(input.device());
   const Tensor grad_out = flat_grad(grad_output, a.layout);
-  const Tensor h_prev = gather_previous(a.layout, output.reshape({N, H}), hx.contiguous(), reverse);
+  const Tensor out2d = output.reshape({N, H}).contiguous();
+  const PreviousRows h_prev(a.layout, out2d, hx.contiguous(), reverse);
   Tensor grad_gx = at::empty({N, 3 * H}, input.options());
   Tensor grad_gh = at::empty({N, 3 * H}, input.options());
   Tensor dh = grad_h_n.contiguous().clone();
@@ -191,10 +198,11 @@ Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
     const Step s = a.layout.at(i, reverse);
     Tensor dh_s = active(dh, s), dgh = rows(grad_gh, s);
     dh_s.add_(rows(grad_out, s));
-    gru_backward_pointwise(rows(gates, s), rows(hn, s), rows(h_prev, s), dh_s, rows(grad_gx, s), dgh);
+    gru_backward_pointwise(rows(gates, s), rows(hn, s), h_prev.at(i), dh_s, rows(grad_gx, s), dgh);
     dh_s.add_(recurrent_t(dgh));
   }
-  return {input_grad_or_empty(input_grad, grad_gx, w_ih, input), dh, grad_gx.t().mm(a.input2d), grad_gh.t().mm(h_prev),
+  Tensor grad_w_hh = recurrent_weight_grad(a.layout, grad_gh, out2d, hx.contiguous(), reverse);
+  return {input_grad_or_empty(input_grad, grad_gx, w_ih, input), dh, grad_gx.t().mm(a.input2d), grad_w_hh,
           bias_grad(grad_gx), bias_grad(grad_gh)};
 }
 
@@ -206,16 +214,15 @@ Tensor2 rnn_layer_forward(const Tensor& input, const OptTensor& batch_sizes, con
   auto a = check_layer("rnn_layer", 1, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, std::nullopt);
   c10::OptionalDeviceGuard guard(input.device());
   Tensor output = project(a.input2d, w_ih, b_ih, b_hh);  // activated in place, step by step
-  Tensor h = hx.contiguous().clone();
+  CarriedState h(hx);
   const StepGemm recurrent(w_hh, a.layout.batch);
   for (size_t i = 0; i < a.layout.steps.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
-    Tensor pre = rows(output, s), h_s = active(h, s);
-    pre.add_(recurrent(h_s));
-    rnn_forward_pointwise(pre, pre, relu);
-    h_s.copy_(pre);
+    const Tensor pre = rows(output, s);
+    rnn_forward_pointwise(pre, recurrent(h.enter(s.batch)), pre, relu);
+    h.leave(pre);
   }
-  return {shape_output(output, input, a.layout), h};
+  return {shape_output(output, input, a.layout), h.finish()};
 }
 
 // -> grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias [H]
@@ -230,17 +237,16 @@ Tensor5 rnn_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
   const Tensor grad_out = flat_grad(grad_output, a.layout);
   const Tensor out2d = output.reshape({N, H}).contiguous();
   Tensor grad_pre = at::empty({N, H}, input.options());
-  Tensor dh = grad_h_n.contiguous().clone();
+  CarriedState dh(grad_h_n);
   const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
   for (size_t i = a.layout.steps.size(); i-- > 0;) {
     const Step s = a.layout.at(i, reverse);
-    Tensor dh_s = active(dh, s), dp = rows(grad_pre, s);
-    dh_s.add_(rows(grad_out, s));
-    rnn_backward_pointwise(rows(out2d, s), dh_s, dp, relu);
-    dh_s.copy_(recurrent_t(dp));
+    const Tensor dp = rows(grad_pre, s);
+    rnn_backward_pointwise(rows(out2d, s), dh.enter(s.batch), rows(grad_out, s), dp, relu);
+    dh.leave(recurrent_t(dp));
   }
-  const Tensor h_prev = gather_previous(a.layout, out2d, hx.contiguous(), reverse);
-  return {input_grad_or_empty(input_grad, grad_pre, w_ih, input), dh, grad_pre.t().mm(a.input2d), grad_pre.t().mm(h_prev),
+  Tensor grad_w_hh = recurrent_weight_grad(a.layout, grad_pre, out2d, hx.contiguous(), reverse);
+  return {input_grad_or_empty(input_grad, grad_pre, w_ih, input), dh.finish(), grad_pre.t().mm(a.input2d), grad_w_hh,
           bias_grad(grad_pre)};
 }
 

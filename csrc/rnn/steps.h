@@ -93,4 +93,41 @@ inline Tensor gather_previous(const TimeLayout& layout, const Tensor& all, const
   return prev;
 }
 
+// The state each step of a backward starts from, as views: the previous step's rows in the run's direction,
+// or init for the first step. Only a packed sequence run in reverse (its batch grows) has steps whose rows
+// come from both; for it the rows are gathered once, up front. all: [N, F]; init: [B, F].
+class PreviousRows {
+ public:
+  PreviousRows(const TimeLayout& layout, const Tensor& all, const Tensor& init, bool reverse)
+      : layout_(layout), all_(all), init_(init), reverse_(reverse) {
+    if (reverse && !layout.uniform) gathered_ = gather_previous(layout, all, init, reverse);
+  }
+
+  // i: the step's index in run order -> [batch, F]
+  Tensor at(size_t i) const {
+    const Step s = layout_.at(i, reverse_);
+    if (gathered_.defined()) return gathered_.narrow(0, s.offset, s.batch);
+    if (i == 0) return init_.narrow(0, 0, s.batch);
+    return all_.narrow(0, layout_.at(i - 1, reverse_).offset, s.batch);
+  }
+
+ private:
+  const TimeLayout& layout_;
+  Tensor all_, init_, gathered_;
+  bool reverse_;
+};
+
+// dL/dW_hh = grad_gates^T @ h_prev: [G, N] x [N, F] -> [G, F], where h_prev is each row's previous state
+// (see gather_previous). Unpacked, h_prev is `all` shifted by one step, so two GEMMs on views replace the
+// [N, F] gather.
+inline Tensor recurrent_weight_grad(const TimeLayout& layout, const Tensor& grad_gates, const Tensor& all,
+                                   const Tensor& init, bool reverse) {
+  const int64_t N = layout.rows, B = layout.batch;
+  if (!layout.uniform || N == 0) return grad_gates.t().mm(gather_previous(layout, all, init, reverse));
+  const int64_t first_of_init = reverse ? N - B : 0;  // the rows whose previous state is init
+  const int64_t shifted = reverse ? 0 : B;            // the rows whose previous state is in all
+  Tensor grad = grad_gates.narrow(0, shifted, N - B).t().mm(all.narrow(0, B - shifted, N - B));
+  return grad.addmm_(grad_gates.narrow(0, first_of_init, B).t(), init);
+}
+
 }  // namespace seqops
