@@ -130,6 +130,33 @@ def test_nan_and_inf_propagate_like_torch(kind):
         torch.testing.assert_close(ours, theirs, equal_nan=True)
 
 
+def _ulps(actual, expected64):
+    """|actual - expected| in units of the float32 spacing at expected."""
+    expected = expected64.float().abs()
+    spacing = (torch.nextafter(expected, torch.tensor(float("inf"))) - expected).double()
+    return (actual.double() - expected64).abs() / spacing
+
+
+def test_cpu_activations_are_accurate_over_the_float_range():
+    """The CPU kernels compute exp and tanh with their own vector code (csrc/cpu/fast_math.h), so it is checked
+    against float64 everywhere the functions change: rnn_tanh_cell's output is tanh(x) with W_ih = I and W_hh = 0;
+    the LSTM cell's c' is sigmoid(x_i) * tanh(x_g) with zero states (x_g = 20 makes it sigmoid(x_i))."""
+    x = torch.cat([torch.linspace(-30, 30, 96_000), torch.linspace(-0.7, 0.7, 32_000), torch.randn(32_000)])
+    x = x.reshape(-1, 16)
+    eye, zeros = torch.eye(16), torch.zeros(16, 16)
+    h = seqops.rnn_tanh_cell(x, torch.zeros_like(x), eye, zeros)
+    assert _ulps(h, torch.tanh(x.double())).max() <= 5
+
+    w_ih = torch.zeros(64, 32)
+    w_ih[0:16, 0:16] = eye    # input gate <- x_i
+    w_ih[32:48, 16:32] = eye  # cell gate <- x_g
+    for x_g in (x.flip(0), torch.full_like(x, 20.0)):
+        _, c = seqops.lstm_cell(torch.cat([x, x_g], 1), (torch.zeros_like(x), torch.zeros_like(x)), w_ih,
+                                torch.zeros(64, 16))
+        expected = torch.sigmoid(x.double()) * torch.tanh(x_g.double())
+        assert _ulps(c, expected).max() <= 8
+
+
 def _op_args(kind, x, states, weights):
     if kind == "lstm":
         return torch.ops.seqops.lstm_cell_forward.default, (x, states[0], states[1], *weights)

@@ -9,6 +9,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/OpMathType.h>
 
+#include "cpu/fast_math.h"
+
 #include <cmath>
 #include <type_traits>
 
@@ -49,6 +51,7 @@ template <typename T>
 inline Vec<T> tanh_(Vec<T> x) {
   return x.tanh();
 }
+inline Vec<float> tanh_(Vec<float> x) { return fast_tanh(x); }
 template <typename T>
 inline T exp_(T x) {
   return std::exp(x);
@@ -57,6 +60,7 @@ template <typename T>
 inline Vec<T> exp_(Vec<T> x) {
   return x.exp();
 }
+inline Vec<float> exp_(Vec<float> x) { return fast_exp(x); }
 template <typename V>
 inline V sigmoid_(V x) {
   // exp(-x) overflows to inf for very negative x, giving exactly 0, as torch.sigmoid does; NaN stays NaN.
