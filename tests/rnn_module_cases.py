@@ -99,8 +99,9 @@ def make_inputs(mode, case, dtype, device="cpu"):
     return inp, hx, leaves
 
 
-def run(module, mode, inp, hx, leaves, grad_seed=1):
-    """Forward + backward with fixed random upstream gradients.
+def run(module, mode, inp, hx, leaves, grad_seed=1, upstream_dtype=None):
+    """Forward + backward with fixed random upstream gradients (rounded through ``upstream_dtype`` if given, so
+    a float64 reference can see the upstream gradients a low-precision run sees).
 
     Returns a dict name -> tensor: output, h_n, (c_n), and the gradient of every leaf and parameter."""
     out, state = module(inp, hx)
@@ -115,7 +116,8 @@ def run(module, mode, inp, hx, leaves, grad_seed=1):
 
     gen = torch.Generator().manual_seed(grad_seed)
     tensors = [out_data, *states]
-    upstream = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t) for t in tensors]
+    upstream = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(upstream_dtype or t.dtype).to(t)
+                for t in tensors]
     params = dict(module.named_parameters())
     wrt = list(leaves) + list(params.values())
     # retain_graph: the packing of a shared PackedSequence input is part of the graph and is reused.

@@ -195,6 +195,22 @@ def _onednn_lstm(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse):
     return (out.flip(0) if reverse else out), h_n[0], c_n[0]
 
 
+# fp16/bf16 on the CPU compute in fp32 and round the results once. Kept in the low-precision dtype, the
+# workspaces between the GEMMs (gates and their gradients) made some gradients (bias gradients of GRU and
+# LSTM, the ReLU RNN's weights) 2.2-3x the error of the same computation in pure PyTorch; torch.nn's
+# oneDNN kernels keep fp32 there too. (CUDA keeps its low-precision kernels, fp32 math inside.)
+_CPU_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _in_fp32(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    def up(t):
+        return None if t is None else t.float()
+
+    out, h_n, c_n = rnn_layer(mode, up(input), batch_sizes, up(hx), up(cx), up(w_ih), up(w_hh), up(b_ih), up(b_hh),
+                              up(w_hr), reverse)
+    return out.to(input.dtype), h_n.to(input.dtype), None if c_n is None else c_n.to(input.dtype)
+
+
 @with_autocast
 def rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """One layer-direction over the whole sequence; returns (output, h_n, c_n) (c_n None except LSTM)."""
@@ -202,6 +218,8 @@ def rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, re
         result = _onednn_lstm(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse)
         if result is not None:
             return result
+    if input.device.type == "cpu" and input.dtype in _CPU_LOW_PRECISION:
+        return _in_fp32(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     if mode == "LSTM":
         out, h_n, c_n, *_ = _ops.lstm_layer_forward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
                                                     reverse)
