@@ -83,8 +83,15 @@ Tensor6 lstm_layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
   Tensor output = at::empty({N, hx.size(1)}, input.options());
   Tensor cells = at::empty({N, H}, input.options());
   Tensor proj_in = at::empty({proj ? N : 0, H}, input.options());
+  const StepGemm recurrent(w_hh, a.layout.batch, /*lstm_gates=*/true);
+  const PackedStep* fused = recurrent.packed_lstm();
+  if (fused != nullptr && !proj && a.layout.uniform && N > 0) {  // the whole sequence in one parallel region
+    fused->lstm_sequence(gates, hx, cx, output, cells, reverse);
+    const int64_t B = a.layout.batch, last = reverse ? 0 : N - B;
+    return {shape_output(output, input, a.layout), output.narrow(0, last, B).clone(), cells.narrow(0, last, B).clone(),
+            gates, cells, proj_in};
+  }
   CarriedState h(hx), c(cx);
-  const StepGemm recurrent(w_hh, a.layout.batch);
   const std::optional<StepGemm> projection = proj ? std::make_optional<StepGemm>(*w_hr, a.layout.batch)
                                                   : std::nullopt;
   for (size_t i = 0; i < a.layout.steps.size(); ++i) {
@@ -92,7 +99,10 @@ Tensor6 lstm_layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
     Tensor h_out = rows(output, s), c_new = rows(cells, s);
     const Tensor c_prev = c.enter(s.batch);
     Tensor r = proj ? rows(proj_in, s) : h_out;
-    lstm_forward_pointwise(rows(gates, s), recurrent(h.enter(s.batch)), c_prev, c_new, r);
+    if (fused != nullptr)
+      fused->lstm_step(rows(gates, s), h.enter(s.batch), c_prev, c_new, r);
+    else
+      lstm_forward_pointwise(rows(gates, s), recurrent(h.enter(s.batch)), c_prev, c_new, r);
     if (proj) h_out.copy_((*projection)(r));
     h.leave(h_out);
     c.leave(c_new);

@@ -1,0 +1,253 @@
+// PackedStep (rnn/packed_step.h): register-tiled float32 GEMM over packed weight panels, with the LSTM gate
+// math as an optional epilogue. Written on at::vec::Vectorized<float>, so it follows the build's CPU ISA.
+#include "rnn/packed_step.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu/row_loop.h"
+
+namespace seqops {
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kW = Vec::size();
+constexpr int kVecs = 4;            // vectors per panel: 4 x W output columns (one unit block's 4 LSTM gates)
+constexpr int kRows = 6;            // rows per register tile: 6 x 4 accumulators, 4 weight vectors, 1 broadcast
+constexpr int64_t kKBlock = 256;    // K per block: the partial sums go through the output between blocks
+constexpr int64_t kMaxRows = 512;   // beyond, a step is a large GEMM: oneDNN's territory
+constexpr int64_t kTaskMacs = 1 << 15;  // multiply-adds per parallel task, so tiny steps stay on one thread
+
+// Where a panel's vectors land in the output: column of (panel j, vector v) = j * panel_step + v * vec_step.
+struct Layout {
+  int64_t panel_step, vec_step;
+};
+
+enum class Init { kZero, kBias, kOut };
+
+// Rows [r0, r0 + R) of out at panel j's columns += a[r0.., k0:k0+kn] x panel[k0:k0+kn]. The first K block starts
+// from init, later ones from the partial sums left in out; the last hands the accumulators to finish(r, acc)
+// instead of storing them.
+template <int R, typename Finish>
+inline void tile(const float* panel, int64_t k0, int64_t kn, bool first, bool last, const float* a, int64_t lda,
+                 float* out, int64_t ldo, const int64_t (&cols)[kVecs], Init init, const float* bias,
+                 const Finish& finish) {
+  Vec acc[R][kVecs];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) {
+      if (!first || init == Init::kOut)
+        acc[r][v] = Vec::loadu(out + r * ldo + cols[v]);
+      else
+        acc[r][v] = init == Init::kBias ? Vec::loadu(bias + cols[v]) : Vec(0.0f);
+    }
+  const float* w = panel + k0 * kVecs * kW;
+  const float* ak = a + k0;
+  for (int64_t k = 0; k < kn; ++k, w += kVecs * kW) {
+    const Vec w0 = Vec::loadu(w), w1 = Vec::loadu(w + kW), w2 = Vec::loadu(w + 2 * kW), w3 = Vec::loadu(w + 3 * kW);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const Vec x(ak[r * lda + k]);
+      acc[r][0] = at::vec::fmadd(x, w0, acc[r][0]);
+      acc[r][1] = at::vec::fmadd(x, w1, acc[r][1]);
+      acc[r][2] = at::vec::fmadd(x, w2, acc[r][2]);
+      acc[r][3] = at::vec::fmadd(x, w3, acc[r][3]);
+    }
+  }
+  if (last) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) finish(r, acc[r]);
+    return;
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) acc[r][v].store(out + r * ldo + cols[v]);
+}
+
+// Panels [j0, j1) of a: [b, K] (row stride lda) x panels -> out [b, G] (row stride ldo), on this thread.
+// make_finish(r0, j, cols) returns the last-block handler of the tile whose first row is r0 in panel j.
+template <typename MakeFinish>
+void panel_range(int64_t j0, int64_t j1, const float* panels, int64_t K, Layout layout, int64_t b, const float* a,
+                 int64_t lda, float* out, int64_t ldo, Init init, const float* bias, const MakeFinish& make_finish) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const float* panel = panels + j * K * kVecs * kW;
+    int64_t cols[kVecs];
+    for (int v = 0; v < kVecs; ++v) cols[v] = j * layout.panel_step + v * layout.vec_step;
+    for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
+      const int64_t kn = std::min(kKBlock, K - k0);
+      const bool first = k0 == 0, last = k0 + kn == K;
+      for (int64_t r0 = 0; r0 < b; r0 += kRows) {
+        const float* ar = a + r0 * lda;
+        float* outr = out + r0 * ldo;
+        const auto finish = make_finish(r0, j, cols);
+        switch (std::min<int64_t>(kRows, b - r0)) {
+          case 6: tile<6>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+          case 5: tile<5>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+          case 4: tile<4>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+          case 3: tile<3>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+          case 2: tile<2>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+          default: tile<1>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+        }
+      }
+    }
+  }
+}
+
+// Threads worth using for a step of b rows: enough work per thread to outweigh the synchronisation.
+int64_t threads_for(int64_t n_panels, int64_t b, int64_t K) {
+  if (at::in_parallel_region()) return 1;
+  const int64_t by_work = std::max<int64_t>(1, n_panels * b * K * kVecs * kW / kTaskMacs);
+  return std::min({static_cast<int64_t>(at::get_num_threads()), n_panels, by_work});
+}
+
+// One step over all panels, split over threads.
+template <typename MakeFinish>
+void run_panels(const float* panels, int64_t n_panels, int64_t K, Layout layout, int64_t b, const float* a,
+                int64_t lda, float* out, int64_t ldo, Init init, const float* bias, const MakeFinish& make_finish) {
+  const int64_t threads = threads_for(n_panels, b, K);
+  at::parallel_for(0, n_panels, (n_panels + threads - 1) / threads, [&](int64_t j0, int64_t j1) {
+    panel_range(j0, j1, panels, K, layout, b, a, lda, out, ldo, init, bias, make_finish);
+  });
+}
+
+// The LSTM epilogue of panel j (units [jW, jW + W)) for rows from r0: gate activations, cell update.
+struct LstmFinish {
+  float* gates;
+  const float* c_prev;
+  float* c_new;
+  float* h_new;
+  int64_t ldg, ldcp, ldcn, ldh;
+
+  auto operator()(int64_t r0, int64_t j, const int64_t (&cols)[kVecs]) const {
+    return [=, *this](int r, const Vec(&acc)[kVecs]) {
+      const int64_t row = r0 + r, unit = j * kW;
+      const Vec i = cpu::sigmoid_(acc[0]), f = cpu::sigmoid_(acc[1]);
+      const Vec gg = cpu::tanh_(acc[2]), o = cpu::sigmoid_(acc[3]);
+      const Vec c = f * Vec::loadu(c_prev + row * ldcp + unit) + i * gg;
+      float* gr = gates + row * ldg;
+      i.store(gr + cols[0]);
+      f.store(gr + cols[1]);
+      gg.store(gr + cols[2]);
+      o.store(gr + cols[3]);
+      c.store(c_new + row * ldcn + unit);
+      (o * cpu::tanh_(c)).store(h_new + row * ldh + unit);
+    };
+  }
+};
+
+bool enabled() {
+  static const bool on = [] {
+    const char* env = std::getenv("SEQOPS_PACKED_STEP");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return on;
+}
+
+}  // namespace
+
+bool PackedStep::supported(const Tensor& weight, int64_t rows, bool lstm_gates) {
+  if (!enabled() || !weight.device().is_cpu() || weight.scalar_type() != at::kFloat || weight.dim() != 2 ||
+      weight.numel() == 0 || rows > kMaxRows)
+    return false;
+  const int64_t G = weight.size(0);
+  return lstm_gates ? G % (4 * kW) == 0 : G % (kVecs * kW) == 0;  // 4H with H % W == 0, or G % 4W == 0
+}
+
+// weight [G, K] -> panels [G / 4W, K, 4, W]
+PackedStep::PackedStep(const Tensor& weight, bool lstm_gates)
+    : G_(weight.size(0)), K_(weight.size(1)), lstm_gates_(lstm_gates) {
+  const Tensor w = weight.contiguous();
+  panels_ = lstm_gates ? w.view({4, G_ / (4 * kW), kW, K_}).permute({1, 3, 0, 2}).contiguous()
+                       : w.view({G_ / (kVecs * kW), kVecs, kW, K_}).permute({0, 3, 1, 2}).contiguous();
+}
+
+// h: [b, K] -> [b, G]
+Tensor PackedStep::operator()(const Tensor& h, const std::optional<Tensor>& bias) const {
+  TORCH_CHECK(h.dim() == 2 && h.size(1) == K_ && h.scalar_type() == at::kFloat, "PackedStep: bad input ", h.sizes());
+  const Tensor a = h.contiguous();
+  const int64_t b = a.size(0);
+  Tensor out = at::empty({b, G_}, a.options());
+  if (b == 0) return out;
+  const Tensor bias_c = bias.has_value() ? bias->contiguous() : Tensor();
+  const Layout layout = lstm_gates_ ? Layout{kW, G_ / 4} : Layout{kVecs * kW, kW};
+  float* o = out.data_ptr<float>();
+  const int64_t ldo = G_;
+  run_panels(panels_.const_data_ptr<float>(), panels_.size(0), K_, layout, b, a.const_data_ptr<float>(), K_, o, ldo,
+             bias_c.defined() ? Init::kBias : Init::kZero, bias_c.defined() ? bias_c.const_data_ptr<float>() : nullptr,
+             [&](int64_t r0, int64_t, const int64_t(&cols)[kVecs]) {
+               return [=](int r, const Vec(&acc)[kVecs]) {
+                 for (int v = 0; v < kVecs; ++v) acc[v].store(o + (r0 + r) * ldo + cols[v]);
+               };
+             });
+  return out;
+}
+
+// gates: [b, 4H] (i, f, g, o); h_prev: [b, K]; c_prev, c_new, h_new: [b, H]
+void PackedStep::lstm_step(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev, const Tensor& c_new,
+                           const Tensor& h_new) const {
+  TORCH_CHECK(lstm_gates_, "PackedStep::lstm_step needs the LSTM gate packing");
+  const int64_t b = gates.size(0);
+  if (b == 0) return;
+  const LstmFinish finish{gates.data_ptr<float>(), c_prev.const_data_ptr<float>(), c_new.data_ptr<float>(),
+                          h_new.data_ptr<float>(),  gates.stride(0),                c_prev.stride(0),
+                          c_new.stride(0),          h_new.stride(0)};
+  run_panels(panels_.const_data_ptr<float>(), panels_.size(0), K_, Layout{kW, G_ / 4}, b, h_prev.const_data_ptr<float>(),
+             h_prev.stride(0), finish.gates, finish.ldg, Init::kOut, nullptr, finish);
+}
+
+// gates: [T*B, 4H] step-major; h0: [B, K] (K = H); c0: [B, H]; out, cells: [T*B, H]
+void PackedStep::lstm_sequence(const Tensor& gates, const Tensor& h0, const Tensor& c0, const Tensor& out,
+                               const Tensor& cells, bool reverse) const {
+  TORCH_CHECK(lstm_gates_ && K_ == G_ / 4, "PackedStep::lstm_sequence needs the LSTM gate packing, no projection");
+  const int64_t B = h0.size(0), H = G_ / 4, T = B > 0 ? gates.size(0) / B : 0;
+  if (T == 0 || B == 0) return;
+  const Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
+  const float* panels = panels_.const_data_ptr<float>();
+  const int64_t n_panels = panels_.size(0);
+  float* g = gates.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  float* cl = cells.data_ptr<float>();
+  // Steps are sequential, so the threads stay in one parallel region for the whole sequence, each on the same
+  // panels every step (they stay in its cache), with a barrier between steps instead of a fork/join per step.
+  const auto steps = [&](int64_t j0, int64_t j1, const std::function<void()>& barrier) {
+    for (int64_t i = 0; i < T; ++i) {
+      const int64_t t = reverse ? T - 1 - i : i, prev = reverse ? t + 1 : t - 1;
+      const bool first = i == 0;
+      const LstmFinish finish{g + t * B * G_, first ? c0c.const_data_ptr<float>() : cl + prev * B * H, cl + t * B * H,
+                              o + t * B * H,  G_,                                                      H,
+                              H,              H};
+      const float* h_prev = first ? h0c.const_data_ptr<float>() : o + prev * B * H;
+      panel_range(j0, j1, panels, K_, Layout{kW, H}, B, h_prev, K_, finish.gates, G_, Init::kOut, nullptr, finish);
+      barrier();
+    }
+  };
+  const int64_t threads = threads_for(n_panels, B, K_);
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int64_t per = (n_panels + nt - 1) / nt;
+      steps(std::min(n_panels, tid * per), std::min(n_panels, (tid + 1) * per), [] {
+#pragma omp barrier
+      });
+    }
+    return;
+  }
+#endif
+  steps(0, n_panels, [] {});
+}
+
+}  // namespace seqops
