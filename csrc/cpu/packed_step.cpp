@@ -203,8 +203,8 @@ void PackedStep::lstm_step(const Tensor& gates, const Tensor& h_prev, const Tens
   const LstmFinish finish{gates.data_ptr<float>(), c_prev.const_data_ptr<float>(), c_new.data_ptr<float>(),
                           h_new.data_ptr<float>(),  gates.stride(0),                c_prev.stride(0),
                           c_new.stride(0),          h_new.stride(0)};
-  run_panels(panels_.const_data_ptr<float>(), panels_.size(0), K_, Layout{kW, G_ / 4}, b, h_prev.const_data_ptr<float>(),
-             h_prev.stride(0), finish.gates, finish.ldg, Init::kOut, nullptr, finish);
+  run_panels(panels_.const_data_ptr<float>(), panels_.size(0), K_, Layout{kW, G_ / 4}, b,
+             h_prev.const_data_ptr<float>(), h_prev.stride(0), finish.gates, finish.ldg, Init::kOut, nullptr, finish);
 }
 
 // gates: [T*B, 4H] step-major; h0: [B, K] (K = H); c0: [B, H]; out, cells: [T*B, H]
@@ -248,6 +248,78 @@ void PackedStep::lstm_sequence(const Tensor& gates, const Tensor& h0, const Tens
   }
 #endif
   steps(0, n_panels, [] {});
+}
+
+// LSTM backward over an unpacked sequence, with this PackedStep holding W_hh^T ([H, 4H], plain packing).
+// gates [T*B, 4H] activations; cells [T*B, H]; c0 [B, H]; grad_out [T*B, H]; dh [B, H] in: dL/dh_n, out: dL/dh0;
+// dc [B, H] likewise for c; grad_gates [T*B, 4H] out.
+void PackedStep::lstm_backward_sequence(const Tensor& gates, const Tensor& cells, const Tensor& c0,
+                                        const Tensor& grad_out, const Tensor& dh, const Tensor& dc,
+                                        const Tensor& grad_gates, bool reverse) const {
+  TORCH_CHECK(!lstm_gates_ && K_ == 4 * G_, "PackedStep::lstm_backward_sequence needs W_hh^T, plain packing");
+  const int64_t B = dh.size(0), H = G_, T = B > 0 ? gates.size(0) / B : 0;
+  if (T == 0 || B == 0) return;
+  const float* g = gates.const_data_ptr<float>();
+  const float* cl = cells.const_data_ptr<float>();
+  const float* c0p = c0.const_data_ptr<float>();
+  const float* go = grad_out.const_data_ptr<float>();
+  float* dhp = dh.data_ptr<float>();
+  float* dcp = dc.data_ptr<float>();
+  float* dg = grad_gates.data_ptr<float>();
+  const float* panels = panels_.const_data_ptr<float>();
+  const int64_t n_panels = panels_.size(0), n_blocks = H / kW;
+  // Step t: the gate gradients of unit blocks [u0, u1) of every row; dh (from the later step) and dc in place.
+  const auto pointwise = [&](int64_t t, int64_t prev, int64_t u0, int64_t u1) {
+    for (int64_t r = 0; r < B; ++r) {
+      const int64_t row = t * B + r;
+      const float* gr = g + row * 4 * H;
+      float* dgr = dg + row * 4 * H;
+      const float* cp = prev < 0 ? c0p + r * H : cl + (prev * B + r) * H;
+      for (int64_t u = u0 * kW; u < u1 * kW; u += kW) {
+        const Vec i = Vec::loadu(gr + u), f = Vec::loadu(gr + H + u), gg = Vec::loadu(gr + 2 * H + u);
+        const Vec o = Vec::loadu(gr + 3 * H + u);
+        const Vec tc = cpu::tanh_(Vec::loadu(cl + row * H + u));
+        const Vec d_h = Vec::loadu(dhp + r * H + u) + Vec::loadu(go + row * H + u);
+        const Vec d_c = Vec::loadu(dcp + r * H + u) + d_h * o * (Vec(1.0f) - tc * tc);
+        (d_c * gg * i * (Vec(1.0f) - i)).store(dgr + u);
+        (d_c * Vec::loadu(cp + u) * f * (Vec(1.0f) - f)).store(dgr + H + u);
+        (d_c * i * (Vec(1.0f) - gg * gg)).store(dgr + 2 * H + u);
+        (d_h * tc * o * (Vec(1.0f) - o)).store(dgr + 3 * H + u);
+        (d_c * f).store(dcp + r * H + u);
+      }
+    }
+  };
+  const auto store = [&](int64_t r0, int64_t, const int64_t(&cols)[kVecs]) {
+    return [=](int r, const Vec(&acc)[kVecs]) {
+      for (int v = 0; v < kVecs; ++v) acc[v].store(dhp + (r0 + r) * H + cols[v]);
+    };
+  };
+  // One parallel region: per step, unit blocks split for the pointwise, a barrier, panels split for
+  // dh = grad_gates_t @ W_hh, a barrier.
+  const auto steps = [&](int64_t tid, int64_t nt, const std::function<void()>& barrier) {
+    const int64_t per_u = (n_blocks + nt - 1) / nt, per_p = (n_panels + nt - 1) / nt;
+    const int64_t u0 = std::min(n_blocks, tid * per_u), u1 = std::min(n_blocks, (tid + 1) * per_u);
+    const int64_t p0 = std::min(n_panels, tid * per_p), p1 = std::min(n_panels, (tid + 1) * per_p);
+    for (int64_t i = T - 1; i >= 0; --i) {  // the forward's step order, backwards
+      const int64_t t = reverse ? T - 1 - i : i, prev = i == 0 ? -1 : (reverse ? t + 1 : t - 1);
+      pointwise(t, prev, u0, u1);
+      barrier();
+      panel_range(p0, p1, panels, K_, Layout{kVecs * kW, kW}, B, dg + t * B * 4 * H, 4 * H, dhp, H, Init::kZero,
+                  nullptr, store);
+      barrier();
+    }
+  };
+  const int64_t threads = threads_for(n_panels, B, K_);
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    steps(omp_get_thread_num(), omp_get_num_threads(), [] {
+#pragma omp barrier
+    });
+    return;
+  }
+#endif
+  steps(0, 1, [] {});
 }
 
 }  // namespace seqops

@@ -141,24 +141,33 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
   const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
   const std::optional<StepGemm> projection_t =
       proj ? std::make_optional<StepGemm>(w_hr->t(), a.layout.batch) : std::nullopt;
-  for (size_t i = a.layout.steps.size(); i-- > 0;) {
-    const Step s = a.layout.at(i, reverse);
-    Tensor dg = rows(grad_gates, s);
-    const Tensor dh_later = dh.enter(s.batch), dc_s = active(dc, s);
-    if (proj) {  // the projection's GEMM needs the whole dL/dh first
-      Tensor dh_s = rows(grad_h_all, s);
-      at::add_out(dh_s, dh_later, rows(grad_out, s));
-      lstm_backward_pointwise(rows(gates, s), c_prev.at(i), rows(cells, s), (*projection_t)(dh_s), Tensor(), dc_s,
-                              dg);
-    } else {
-      lstm_backward_pointwise(rows(gates, s), c_prev.at(i), rows(cells, s), dh_later, rows(grad_out, s), dc_s, dg);
+  Tensor grad_hx;
+  const PackedStep* packed = recurrent_t.packed_plain();
+  if (packed != nullptr && !proj && a.layout.uniform && N > 0) {  // the whole recurrence in one parallel region
+    grad_hx = grad_h_n.contiguous().clone();
+    packed->lstm_backward_sequence(gates, cells, cx.contiguous(), grad_out, grad_hx, dc, grad_gates, reverse);
+  } else {
+    for (size_t i = a.layout.steps.size(); i-- > 0;) {
+      const Step s = a.layout.at(i, reverse);
+      Tensor dg = rows(grad_gates, s);
+      const Tensor dh_later = dh.enter(s.batch), dc_s = active(dc, s);
+      if (proj) {  // the projection's GEMM needs the whole dL/dh first
+        Tensor dh_s = rows(grad_h_all, s);
+        at::add_out(dh_s, dh_later, rows(grad_out, s));
+        lstm_backward_pointwise(rows(gates, s), c_prev.at(i), rows(cells, s), (*projection_t)(dh_s), Tensor(),
+                                dc_s, dg);
+      } else {
+        lstm_backward_pointwise(rows(gates, s), c_prev.at(i), rows(cells, s), dh_later, rows(grad_out, s), dc_s,
+                                dg);
+      }
+      dh.leave(recurrent_t(dg));
     }
-    dh.leave(recurrent_t(dg));
+    grad_hx = dh.finish();
   }
   Tensor grad_input = input_grad_or_empty(input_grad, grad_gates, w_ih, input);
   Tensor grad_w_hr = proj ? grad_h_all.t().mm(proj_in) : at::empty({0}, input.options());
   Tensor grad_w_hh = recurrent_weight_grad(a.layout, grad_gates, out2d, hx.contiguous(), reverse);
-  return {grad_input, dh.finish(), dc, grad_gates.t().mm(a.input2d), grad_w_hh, bias_grad(grad_gates),
+  return {grad_input, grad_hx, dc, grad_gates.t().mm(a.input2d), grad_w_hh, bias_grad(grad_gates),
           grad_w_hr};
 }
 

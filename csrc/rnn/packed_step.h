@@ -41,6 +41,13 @@ class PackedStep {
   void lstm_sequence(const Tensor& gates, const Tensor& h0, const Tensor& c0, const Tensor& out,
                      const Tensor& cells, bool reverse) const;
 
+  // The LSTM backward recurrence over a whole unpacked sequence without projection, in one parallel region;
+  // this PackedStep holds W_hh^T [H, 4H] (plain packing; H % 4W == 0). gates [T*B, 4H] activations; cells
+  // [T*B, H]; c0 [B, H]; grad_out [T*B, H]; dh, dc [B, H] in: dL/dh_n, dL/dc_n, out: dL/dh0, dL/dc0;
+  // grad_gates [T*B, 4H] out. All contiguous.
+  void lstm_backward_sequence(const Tensor& gates, const Tensor& cells, const Tensor& c0, const Tensor& grad_out,
+                              const Tensor& dh, const Tensor& dc, const Tensor& grad_gates, bool reverse) const;
+
  private:
   Tensor panels_;  // [G / (4W), K, 4, W]
   int64_t G_ = 0, K_ = 0;

@@ -92,6 +92,8 @@ class StepGemm {
  public:
   // The fused LSTM step where this weight is an LSTM's W_hh packed for it, else null.
   const PackedStep* packed_lstm() const { return lstm_gates_ && packed_step_ ? &*packed_step_ : nullptr; }
+  // The packed weight of a plain product, else null.
+  const PackedStep* packed_plain() const { return !lstm_gates_ && packed_step_ ? &*packed_step_ : nullptr; }
 };
 
 }  // namespace seqops
