@@ -14,7 +14,7 @@
 #include <omp.h>
 #endif
 
-#include "cpu/row_loop.h"
+#include "cpu/lstm_math.h"
 
 namespace seqops {
 
@@ -133,16 +133,14 @@ struct LstmFinish {
   auto operator()(int64_t r0, int64_t j, const int64_t (&cols)[kVecs]) const {
     return [=, *this](int r, const Vec(&acc)[kVecs]) {
       const int64_t row = r0 + r, unit = j * kW;
-      const Vec i = cpu::sigmoid_(acc[0]), f = cpu::sigmoid_(acc[1]);
-      const Vec gg = cpu::tanh_(acc[2]), o = cpu::sigmoid_(acc[3]);
-      const Vec c = f * Vec::loadu(c_prev + row * ldcp + unit) + i * gg;
+      const auto y = cpu::lstm_forward_math(acc[0], acc[1], acc[2], acc[3], Vec::loadu(c_prev + row * ldcp + unit));
       float* gr = gates + row * ldg;
-      i.store(gr + cols[0]);
-      f.store(gr + cols[1]);
-      gg.store(gr + cols[2]);
-      o.store(gr + cols[3]);
-      c.store(c_new + row * ldcn + unit);
-      (o * cpu::tanh_(c)).store(h_new + row * ldh + unit);
+      y.i.store(gr + cols[0]);
+      y.f.store(gr + cols[1]);
+      y.g.store(gr + cols[2]);
+      y.o.store(gr + cols[3]);
+      y.c.store(c_new + row * ldcn + unit);
+      y.h.store(h_new + row * ldh + unit);
     };
   }
 };
@@ -276,16 +274,15 @@ void PackedStep::lstm_backward_sequence(const Tensor& gates, const Tensor& cells
       float* dgr = dg + row * 4 * H;
       const float* cp = prev < 0 ? c0p + r * H : cl + (prev * B + r) * H;
       for (int64_t u = u0 * kW; u < u1 * kW; u += kW) {
-        const Vec i = Vec::loadu(gr + u), f = Vec::loadu(gr + H + u), gg = Vec::loadu(gr + 2 * H + u);
-        const Vec o = Vec::loadu(gr + 3 * H + u);
-        const Vec tc = cpu::tanh_(Vec::loadu(cl + row * H + u));
-        const Vec d_h = Vec::loadu(dhp + r * H + u) + Vec::loadu(go + row * H + u);
-        const Vec d_c = Vec::loadu(dcp + r * H + u) + d_h * o * (Vec(1.0f) - tc * tc);
-        (d_c * gg * i * (Vec(1.0f) - i)).store(dgr + u);
-        (d_c * Vec::loadu(cp + u) * f * (Vec(1.0f) - f)).store(dgr + H + u);
-        (d_c * i * (Vec(1.0f) - gg * gg)).store(dgr + 2 * H + u);
-        (d_h * tc * o * (Vec(1.0f) - o)).store(dgr + 3 * H + u);
-        (d_c * f).store(dcp + r * H + u);
+        const auto d = cpu::lstm_backward_math(
+            Vec::loadu(gr + u), Vec::loadu(gr + H + u), Vec::loadu(gr + 2 * H + u), Vec::loadu(gr + 3 * H + u),
+            Vec::loadu(cp + u), Vec::loadu(cl + row * H + u),
+            Vec::loadu(dhp + r * H + u) + Vec::loadu(go + row * H + u), Vec::loadu(dcp + r * H + u));
+        d.d_i.store(dgr + u);
+        d.d_f.store(dgr + H + u);
+        d.d_g.store(dgr + 2 * H + u);
+        d.d_o.store(dgr + 3 * H + u);
+        d.d_c_prev.store(dcp + r * H + u);
       }
     }
   };

@@ -1,6 +1,7 @@
 // CPU implementations of the fused pointwise steps declared in rnn/pointwise.h.
 #include <ATen/Dispatch.h>
 
+#include "cpu/lstm_math.h"
 #include "cpu/row_loop.h"
 #include "rnn/pointwise.h"
 
@@ -41,17 +42,13 @@ void lstm_forward_pointwise_cpu(const Tensor& gates, const Tensor& gates_h, cons
           else
             return load<V>(gr + k * H);
         };
-        const V i = sigmoid_(pre(0));
-        const V f = sigmoid_(pre(1));
-        const V gg = tanh_(pre(2));
-        const V o = sigmoid_(pre(3));
-        const V c = f * load<V>(cp + r * cps + j) + i * gg;
-        store(gr, i);
-        store(gr + H, f);
-        store(gr + 2 * H, gg);
-        store(gr + 3 * H, o);
-        store(cn + r * cns + j, c);
-        store(hn + r * hs + j, o * tanh_(c));
+        const auto y = cpu::lstm_forward_math(pre(0), pre(1), pre(2), pre(3), load<V>(cp + r * cps + j));
+        store(gr, y.i);
+        store(gr + H, y.f);
+        store(gr + 2 * H, y.g);
+        store(gr + 3 * H, y.o);
+        store(cn + r * cns + j, y.c);
+        store(hn + r * hs + j, y.h);
       });
     });
   });
@@ -78,18 +75,17 @@ void lstm_backward_pointwise_cpu(const Tensor& gates, const Tensor& c_prev, cons
       for_each_row_col<scalar_t>(rows, H, [&](int64_t r, int64_t j, auto lane) {
         using V = typename decltype(lane)::type;
         const scalar_t* gr = g + r * gs + j;
-        const V i = load<V>(gr), f = load<V>(gr + H), gg = load<V>(gr + 2 * H), o = load<V>(gr + 3 * H);
-        const V tc = tanh_(load<V>(cn + r * cns + j));
         V d_h = load<V>(dh + r * dhs + j);
         if constexpr (decltype(has_out)::value) d_h = d_h + load<V>(dho + r * dhos + j);
         scalar_t* dcr = dc + r * dcs + j;
-        const V d_c = load<V>(dcr) + d_h * o * (V(1) - tc * tc);
+        const auto d = cpu::lstm_backward_math(load<V>(gr), load<V>(gr + H), load<V>(gr + 2 * H), load<V>(gr + 3 * H),
+                                               load<V>(cp + r * cps + j), load<V>(cn + r * cns + j), d_h, load<V>(dcr));
         scalar_t* dgr = dg + r * dgs + j;
-        store(dgr, d_c * gg * i * (V(1) - i));
-        store(dgr + H, d_c * load<V>(cp + r * cps + j) * f * (V(1) - f));
-        store(dgr + 2 * H, d_c * i * (V(1) - gg * gg));
-        store(dgr + 3 * H, d_h * tc * o * (V(1) - o));
-        store(dcr, d_c * f);
+        store(dgr, d.d_i);
+        store(dgr + H, d.d_f);
+        store(dgr + 2 * H, d.d_g);
+        store(dgr + 3 * H, d.d_o);
+        store(dcr, d.d_c_prev);
       });
     });
   });
