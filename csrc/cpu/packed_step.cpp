@@ -166,6 +166,11 @@ bool PackedStep::supported(const Tensor& weight, int64_t rows, bool lstm_gates) 
 // weight [G, K] -> panels [G / 4W, K, 4, W]
 PackedStep::PackedStep(const Tensor& weight, bool lstm_gates)
     : G_(weight.size(0)), K_(weight.size(1)), lstm_gates_(lstm_gates) {
+  const Tensor wt = weight.t();
+  if (!lstm_gates && wt.is_contiguous()) {  // a transposed view (the backward's W^T): one copy, rows contiguous
+    panels_ = wt.view({K_, G_ / (kVecs * kW), kVecs, kW}).permute({1, 0, 2, 3}).contiguous();
+    return;
+  }
   const Tensor w = weight.contiguous();
   panels_ = lstm_gates ? w.view({4, G_ / (4 * kW), kW, K_}).permute({1, 3, 0, 2}).contiguous()
                        : w.view({G_ / (kVecs * kW), kVecs, kW, K_}).permute({0, 3, 1, 2}).contiguous();
