@@ -88,6 +88,41 @@ def test_odd_sizes_float32(device, mode, shape):
     assert_matches_reference(mode, make_layer(mode, T, B, I, H, dtype=torch.float32, device=device), False)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("H", [16, 48, 64])
+@pytest.mark.parametrize("B,T", [(1, 9), (7, 5), (13, 3)])
+def test_cpu_packed_step_kernels_float32(mode, reverse, packed, H, B, T):
+    """The CPU float32 step kernels on packed weight panels (csrc/cpu/packed_step.cpp) take weights whose gate
+    rows are a multiple of 4 SIMD vectors (64 floats with AVX-512, 32 with AVX2); the other tests' sizes are
+    below that. These sizes reach them: the LSTM's fused step (H % vector == 0), its whole-sequence forward and
+    backward (unpacked input), per-step use for packed input, the plain product with and without bias (GRU,
+    RNN), row tiles of 1, 6 and a remainder, and a fallback beside (H = 48: backward weight 48 wide)."""
+    lengths = sorted([T, max(1, T - 2), 1] + [T] * (B - 3), reverse=True)[:B] if packed else None
+    args = make_layer(mode, T=T, B=B, I=5, H=H, dtype=torch.float32, lengths=lengths)
+    assert_matches_reference(mode, args, reverse)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_cpu_packed_lstm_step_with_projection_float32(reverse, packed):
+    lengths = [6, 4, 4, 1] if packed else None
+    args = make_layer("LSTM", T=6, B=4, I=5, H=64, proj=16, dtype=torch.float32, lengths=lengths)
+    assert_matches_reference("LSTM", args, reverse)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cpu_packed_step_kernels_propagate_nan_and_inf(mode):
+    args = make_layer(mode, T=4, B=3, I=5, H=64, dtype=torch.float32)
+    args["input"][1, 0, 2], args["input"][2, 2, 0], args["hx"][1, 5] = float("nan"), float("inf"), float("-inf")
+    ours = rnn_layer(mode, reverse=False, **args)
+    theirs = reference.rnn_layer(mode, reverse=False, **args)
+    for a, b in zip(ours, theirs):
+        if a is not None:
+            torch.testing.assert_close(a, b, equal_nan=True)
+
+
 def test_packed_equal_lengths_matches_padded():
     args = make_layer("GRU", T=4, B=3)
     packed = dict(args, input=args["input"].reshape(12, -1), batch_sizes=torch.tensor([3, 3, 3, 3]))
