@@ -23,7 +23,9 @@ namespace {
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kW = Vec::size();
 constexpr int kVecs = 4;            // vectors per panel: 4 x W output columns (one unit block's 4 LSTM gates)
-constexpr int kRows = 6;            // rows per register tile: 6 x 4 accumulators, 4 weight vectors, 1 broadcast
+// Rows per register tile: 6 x 4 accumulators + 4 weight vectors + 1 broadcast fill AVX-512's 32 registers;
+// AVX2 and narrower have 16, room for 2 x 4 + 5.
+constexpr int kRows = kW >= 16 ? 6 : 2;
 constexpr int64_t kKBlock = 256;    // K per block: the partial sums go through the output between blocks
 constexpr int64_t kMaxRows = 512;   // beyond, a step is a large GEMM: oneDNN's territory
 constexpr int64_t kTaskMacs = 1 << 15;  // multiply-adds per parallel task, so tiny steps stay on one thread
