@@ -163,10 +163,9 @@ torch.library.register_autograd("seqops::rnn_layer_forward", _rnn_backward, setu
 
 # LSTM inference on the CPU: oneDNN's fused LSTM (torch's own CPU backend, through aten::lstm) runs the
 # whole layer in one primitive with JIT GEMMs; measured on a 2-core AMD EPYC at B=32, T=100, I=H=256 (fp32,
-# one thread), seqops' GEMM+pointwise path reached 0.70x of it, the gap being GEMM efficiency. So where it
-# applies, inference uses it ("onednn"); "fused" forces seqops' own kernels. Training always runs seqops'
-# kernels (faster there: they skip the input gradient and keep the weight gradients as two large GEMMs).
-# Set with SEQOPS_CPU_LSTM_INFERENCE=onednn|fused, or assign this variable.
+# 2 threads, paired interleaved runs), seqops' fused packed-panel path reached 0.83-0.86x of it. So where it
+# applies, inference uses it ("onednn"); "fused" forces seqops' own kernels. Training runs seqops' kernels
+# (1.05-1.15x torch.nn's there). Set with SEQOPS_CPU_LSTM_INFERENCE=onednn|fused, or assign this variable.
 CPU_LSTM_INFERENCE = os.environ.get("SEQOPS_CPU_LSTM_INFERENCE", "onednn")
 
 
