@@ -173,9 +173,26 @@ PackedStep::PackedStep(const Tensor& weight, bool lstm_gates)
     panels_ = wt.view({K_, G_ / (kVecs * kW), kVecs, kW}).permute({1, 0, 2, 3}).contiguous();
     return;
   }
+  // panels[j][k][v][w] = weight[j * panel_step + v * vec_step + w][k], a transpose of W-row blocks, copied in
+  // 16-column tiles so reads and writes both stay in cache lines (a strided permute copy was 6-20x slower:
+  // 171 us vs ~30 us for a [1024, 256] weight).
   const Tensor w = weight.contiguous();
-  panels_ = lstm_gates ? w.view({4, G_ / (4 * kW), kW, K_}).permute({1, 3, 0, 2}).contiguous()
-                       : w.view({G_ / (kVecs * kW), kVecs, kW, K_}).permute({0, 3, 1, 2}).contiguous();
+  panels_ = at::empty({G_ / (kVecs * kW), K_, kVecs, kW}, w.options());
+  const Layout layout = lstm_gates ? Layout{kW, G_ / 4} : Layout{kVecs * kW, kW};
+  const float* src = w.const_data_ptr<float>();
+  float* dst = panels_.data_ptr<float>();
+  const int64_t n_panels = panels_.size(0), K = K_;
+  at::parallel_for(0, n_panels * kVecs, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t j = blk / kVecs, v = blk % kVecs;
+      const float* rows = src + (j * layout.panel_step + v * layout.vec_step) * K;
+      for (int64_t k0 = 0; k0 < K; k0 += 16) {
+        const int64_t k1 = std::min(K, k0 + 16);
+        for (int64_t l = 0; l < kW; ++l)
+          for (int64_t k = k0; k < k1; ++k) dst[((j * K + k) * kVecs + v) * kW + l] = rows[l * K + k];
+      }
+    }
+  });
 }
 
 // h: [b, K] -> [b, G]
