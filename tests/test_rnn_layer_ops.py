@@ -112,6 +112,21 @@ def test_cpu_packed_lstm_step_with_projection_float32(reverse, packed):
     assert_matches_reference("LSTM", args, reverse)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_cpu_packed_step_kernels_any_thread_count(threads, mode):
+    # The whole-sequence kernels split panels over one OpenMP team with a barrier per step: one thread, and
+    # more threads than the panels divide evenly over (some get none), must give the same results.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        args = make_layer(mode, T=5, B=7, I=5, H=64, dtype=torch.float32)
+        for reverse in (False, True):
+            assert_matches_reference(mode, args, reverse)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_cpu_packed_step_kernels_propagate_nan_and_inf(mode):
     args = make_layer(mode, T=4, B=3, I=5, H=64, dtype=torch.float32)
