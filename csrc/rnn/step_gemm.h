@@ -53,6 +53,11 @@ class StepGemm {
     return bias.has_value() ? at::addmm(*bias, h, weight_.t()) : at::mm(h, weight_.t());
   }
 
+  // The fused LSTM step where this weight is an LSTM's W_hh packed for it, else null.
+  const PackedStep* packed_lstm() const { return lstm_gates_ && packed_step_ ? &*packed_step_ : nullptr; }
+  // The packed weight of a plain product, else null.
+  const PackedStep* packed_plain() const { return !lstm_gates_ && packed_step_ ? &*packed_step_ : nullptr; }
+
  private:
   // oneDNN's call costs ~20 us however small the product; at::mm wins below ~1M multiply-adds (measured:
   // [16, 64] x [64, 256] 10 us vs 25 us; [4, 256] x [256, 1024] 56 us vs 41 us, one thread).
@@ -89,12 +94,6 @@ class StepGemm {
   Tensor packed_;                          // oneDNN's blocked copy of weight_
   std::optional<PackedStep> packed_step_;  // or seqops' own panels
   bool lstm_gates_ = false;
-
- public:
-  // The fused LSTM step where this weight is an LSTM's W_hh packed for it, else null.
-  const PackedStep* packed_lstm() const { return lstm_gates_ && packed_step_ ? &*packed_step_ : nullptr; }
-  // The packed weight of a plain product, else null.
-  const PackedStep* packed_plain() const { return !lstm_gates_ && packed_step_ ? &*packed_step_ : nullptr; }
 };
 
 }  // namespace seqops
