@@ -507,6 +507,21 @@ def test_cuda_backward_in_eval_mode_where_cudnn_refuses():
     assert x.grad is not None and all(p.grad is not None for p in ours.parameters())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_lstm_cpu_inference_is_torch_nn_exactly(dtype, with_hx):
+    # CPU LSTM inference runs the whole stack in torch's fused oneDNN LSTM, as torch.nn does: same numbers.
+    theirs, ours = module_pair("LSTM", num_layers=2, bidirectional=True, batch_first=True)
+    theirs, ours = theirs.to(dtype).eval(), ours.to(dtype).eval()
+    x = torch.randn(B, T, I, dtype=dtype)
+    hx = (torch.randn(4, B, H, dtype=dtype), torch.randn(4, B, H, dtype=dtype)) if with_hx else None
+    with torch.no_grad():
+        out, (h, c) = ours(x, hx)
+        out_nn, (h_nn, c_nn) = theirs(x, hx)
+    for a, b in ((out, out_nn), (h, h_nn), (c, c_nn)):
+        assert torch.equal(a, b)
+
+
 def test_no_warning_on_plain_use():
     _, ours = module_pair("LSTM", num_layers=2, proj_size=P)
     with warnings.catch_warnings():

@@ -10,11 +10,11 @@ would defeat the point of a compilable RNN. ``isinstance(m, nn.RNNBase)`` holds.
 Under ``torch.autocast`` the modules compute in the autocast dtype on every device (see _autocast.py).
 """
 
-from torch import nn
+from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from seqops.nn._autocast import autocast_dtype, autocast_off, cast
-from seqops.ops.rnn_layer import rnn_layer
+from seqops.ops.rnn_layer import _onednn_lstm_applies, rnn_layer
 from seqops.ops.rnn_stack import rnn_stack, weights_from_module
 
 __all__ = ["LSTM", "GRU", "RNN"]
@@ -40,6 +40,8 @@ class _SeqopsRNNBase(nn.RNNBase):
         if dtype is not None:
             input, hx, weights = cast(input, dtype), cast(hx, dtype), [cast(w, dtype) for w in weights]
         self._check_args(input, hx)
+        if dtype is None and self._onednn_lstm_stack_applies(input, hx):
+            return self._onednn_lstm_stack(input, hx)
         with autocast_off(device_type, dtype):
             return rnn_stack(
                 self.mode,
@@ -53,6 +55,28 @@ class _SeqopsRNNBase(nn.RNNBase):
                 training=self.training,
                 layer=rnn_layer,
             )
+
+    # ---- LSTM inference on the CPU: the whole stack in one call of oneDNN's fused LSTM ----
+    # rnn_layer already sends each layer there (see CPU_LSTM_INFERENCE); calling it once for the whole stack,
+    # as torch.nn.LSTM does, also drops seqops' per-layer Python (~80 us a call, which step-by-step decoding
+    # pays every step).
+
+    def _onednn_lstm_stack_applies(self, input, hx):
+        if self.mode != "LSTM" or isinstance(input, PackedSequence) or self.proj_size > 0:
+            return False
+        if self.training and self.dropout > 0:
+            return False  # seqops' dropout between layers, the same for every mode
+        states = () if hx is None else tuple(hx)
+        return _onednn_lstm_applies(input, None, (input, *states, *self._flat_weights), None)
+
+    def _onednn_lstm_stack(self, input, hx):
+        if hx is None:
+            batch = input.size(0 if self.batch_first else 1)
+            zeros = input.new_zeros(self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
+            hx = (zeros, zeros)
+        out, h_n, c_n = _VF.lstm(input, tuple(hx), self._flat_weights, self.bias, self.num_layers, self.dropout,
+                                 self.training, self.bidirectional, self.batch_first)
+        return out, (h_n, c_n)
 
     # ---- argument checks: same order, error types and messages as torch.nn's forward ----
 
