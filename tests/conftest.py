@@ -15,3 +15,12 @@ def pytest_configure(config):
 def devices():
     """Devices to parametrize over: CPU always, CUDA as a gpu-marked param."""
     return ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def raise_alike(error, theirs, ours, args):
+    """Calls theirs(*args) and ours(*args), each expected to raise ``error``; returns both messages (ours, theirs)."""
+    with pytest.raises(error) as theirs_error:
+        theirs(*args)
+    with pytest.raises(error) as ours_error:
+        ours(*args)
+    return str(ours_error.value), str(theirs_error.value)

@@ -41,6 +41,14 @@ def _loss_and_grads(model, x, hx):
     leaves = [x, *(hx if isinstance(hx, tuple) else [hx] if hx is not None else [])]
     return loss, torch.autograd.grad(loss, [*leaves, *model.parameters()])
 
+def _assert_same_loss_and_grads(compiled, eager, x, hx):
+    loss, grads = _loss_and_grads(compiled, x, hx)
+    loss_eager, grads_eager = _loss_and_grads(eager, x, hx)
+    torch.testing.assert_close(loss, loss_eager)
+    for g, g_eager in zip(grads, grads_eager, strict=True):
+        torch.testing.assert_close(g, g_eager)
+
+
 
 def _inputs(mode, length):
     x = torch.randn(B, length, I) if mode == "LSTM" else torch.randn(length, B, I)
@@ -57,12 +65,7 @@ def test_fullgraph_matches_eager(mode):
     model = _model(mode)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     for length in (T, T + 2):  # a second length: recompiles (or goes dynamic) instead of failing
-        x, hx = _inputs(mode, length)
-        loss, grads = _loss_and_grads(compiled, x, hx)
-        loss_eager, grads_eager = _loss_and_grads(model, x, hx)
-        torch.testing.assert_close(loss, loss_eager)
-        for g, g_eager in zip(grads, grads_eager, strict=True):
-            torch.testing.assert_close(g, g_eager)
+        _assert_same_loss_and_grads(compiled, model, *_inputs(mode, length))
 
 
 def test_fullgraph_inductor_training_step():
@@ -72,12 +75,7 @@ def test_fullgraph_inductor_training_step():
     reference = _model("LSTM")
     reference.load_state_dict(model.state_dict())
     compiled = torch.compile(model, fullgraph=True)
-    x, hx = _inputs("LSTM", T)
-    loss, grads = _loss_and_grads(compiled, x, hx)
-    loss_eager, grads_eager = _loss_and_grads(reference, x, hx)
-    torch.testing.assert_close(loss, loss_eager)
-    for g, g_eager in zip(grads, grads_eager, strict=True):
-        torch.testing.assert_close(g, g_eager)
+    _assert_same_loss_and_grads(compiled, reference, *_inputs("LSTM", T))
 
 
 def test_torch_nn_lstm_still_breaks_the_graph():
