@@ -65,7 +65,8 @@ def module_outputs_and_grads(kind, module, x, states, out_grads):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     "batch,input_size,hidden,bias",
-    [(3, 5, 7, True), (1, 4, 1, True), (2, 3, 33, False), (5, 16, 1000, True)],
+    # the last two reach oneDNN's linear on the CPU in float32 (>= 1M multiply-adds a product)
+    [(3, 5, 7, True), (1, 4, 1, True), (2, 3, 33, False), (5, 16, 1000, True), (64, 128, 128, False)],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_reference_and_torch_nn(device, kind, batch, input_size, hidden, bias, dtype):
@@ -94,8 +95,10 @@ def test_unbatched_input(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_non_contiguous_inputs(kind):
-    module, x, states, weights = make_case(kind, 4, 6, 5, dtype=torch.float64)
+@pytest.mark.parametrize("dtype,batch,input_size,hidden", [(torch.float64, 4, 6, 5), (torch.float32, 64, 128, 128)])
+def test_non_contiguous_inputs(kind, dtype, batch, input_size, hidden):
+    # float32 at 64x128x128: every product goes to oneDNN on the CPU, which reads transposed weights in place
+    module, x, states, weights = make_case(kind, batch, input_size, hidden, dtype=dtype)
     # Every argument as a strided view holding the same values: matrices transposed, biases every other element.
     transposed = lambda t: torch.empty(t.shape[1], t.shape[0], dtype=t.dtype).t().copy_(t)  # noqa: E731
     x_nc = transposed(x)

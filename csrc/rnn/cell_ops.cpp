@@ -1,5 +1,5 @@
-// One timestep of each cell, forward and backward, for every device: two GEMMs through ATen around one
-// fused pointwise kernel. The forward returns what the backward needs (activated gates, ...) so nothing
+// One timestep of each cell, forward and backward, for every device: two GEMMs (gemm.h) around one fused
+// pointwise kernel. The forward returns what the backward needs (activated gates, ...) so nothing
 // is recomputed.
 #include <c10/core/DeviceGuard.h>
 
@@ -33,10 +33,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_forward(const Tensor& input, const 
   check_state("lstm_cell", input, cx, {input.size(0), H}, "cx");
   c10::OptionalDeviceGuard guard(input.device());
   Tensor gates = project(input, w_ih, b_ih, b_hh);
-  add_recurrent(gates, hx, w_hh);
   Tensor c1 = at::empty({input.size(0), H}, input.options());
   Tensor h1 = at::empty_like(c1);
-  lstm_forward_pointwise(gates, Tensor(), cx.contiguous(), c1, h1);
+  const Tensor gates_h = recurrent_part(gates, hx, w_hh);
+  lstm_forward_pointwise(gates, gates_h, cx.contiguous(), c1, h1);
   return {h1, c1, gates};
 }
 
@@ -54,7 +54,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward(
   Tensor grad_cx = grad_c1.contiguous().clone();
   lstm_backward_pointwise(gates.contiguous(), cx.contiguous(), c1.contiguous(), grad_h1.contiguous(), Tensor(), grad_cx,
                           grad_gates);
-  return {grad_gates.mm(w_ih), grad_gates.mm(w_hh),  grad_cx,
+  return {linear_once(grad_gates, w_ih.t()), linear_once(grad_gates, w_hh.t()), grad_cx,
           grad_gates.t().mm(input), grad_gates.t().mm(hx), bias_grad(grad_gates)};
 }
 
@@ -87,8 +87,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
   Tensor grad_hx = grad_h1.contiguous().clone();
   gru_backward_pointwise(gates.contiguous(), hn.contiguous(), hx.contiguous(), grad_hx, grad_gates_x,
                          grad_gates_h);
-  grad_hx.addmm_(grad_gates_h, w_hh);
-  return {grad_gates_x.mm(w_ih), grad_hx, grad_gates_x.t().mm(input), grad_gates_h.t().mm(hx),
+  grad_hx.add_(linear_once(grad_gates_h, w_hh.t()));
+  return {linear_once(grad_gates_x, w_ih.t()), grad_hx, grad_gates_x.t().mm(input), grad_gates_h.t().mm(hx),
           bias_grad(grad_gates_x), bias_grad(grad_gates_h)};
 }
 
@@ -98,8 +98,8 @@ Tensor rnn_cell_forward(const Tensor& input, const Tensor& hx, const Tensor& w_i
   check_cell("rnn_cell", 1, input, hx, w_ih, w_hh, b_ih, b_hh);
   c10::OptionalDeviceGuard guard(input.device());
   Tensor pre = project(input, w_ih, b_ih, b_hh);
-  add_recurrent(pre, hx, w_hh);
-  rnn_forward_pointwise(pre, Tensor(), pre, relu);  // in place: pre is a fresh buffer
+  const Tensor pre_h = recurrent_part(pre, hx, w_hh);
+  rnn_forward_pointwise(pre, pre_h, pre, relu);  // in place: pre is a fresh buffer
   return pre;
 }
 
@@ -114,7 +114,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(const Tenso
   c10::OptionalDeviceGuard guard(input.device());
   Tensor grad_pre = at::empty({input.size(0), H}, input.options());
   rnn_backward_pointwise(h1.contiguous(), grad_h1.contiguous(), Tensor(), grad_pre, relu);
-  return {grad_pre.mm(w_ih), grad_pre.mm(w_hh), grad_pre.t().mm(input), grad_pre.t().mm(hx),
+  return {linear_once(grad_pre, w_ih.t()), linear_once(grad_pre, w_hh.t()), grad_pre.t().mm(input), grad_pre.t().mm(hx),
           bias_grad(grad_pre)};
 }
 

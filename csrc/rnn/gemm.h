@@ -5,16 +5,29 @@
 
 #include <optional>
 
-#include "rnn/step_gemm.h"
+#include "rnn/onednn_linear.h"
 
 namespace seqops {
 
 using at::Tensor;
 
-// Input projection of all rows at once: x [N, I] -> [N, G*H] = x W^T + b1 + b2 (biases optional).
-// Large N goes through StepGemm, i.e. oneDNN with the bias fused into the GEMM on the CPU (measured ~20% faster
-// than MKL's addmm, whose bias broadcast alone is an extra [N, G*H] pass); a single step (the cells) stays
-// on at::addmm, where reordering the weight would cost more than the GEMM.
+// Whether a product x [N, K] w^T goes to oneDNN's linear: float32 only, as bfloat16's at::mm already runs on
+// oneDNN, and its linear on the plain weight measured 3x at::mm's error on a cell's input gradient.
+inline bool onednn_takes(const Tensor& x, const Tensor& w) {
+  return w.scalar_type() == at::kFloat && onednn::usable(w) && onednn::worth_it(x.size(0), w);
+}
+
+// x [N, K] -> [N, G] = x w^T (+ bias [G]), for a weight used once. w: [G, K], or a transposed view (the
+// input gradient's dgates @ W is linear_once(dgates, W.t())). On the CPU through oneDNN on the plain weight:
+// reordering it first costs 150-300 us, more than the reordered GEMM gains in one product (measured at N = 64
+// to 3200 rows, 2-core AMD EPYC).
+inline Tensor linear_once(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias = std::nullopt) {
+  if (onednn_takes(x, w)) return onednn::linear(x, w, bias);
+  return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+}
+
+// Input projection of all rows at once: x [N, I] -> [N, G*H] = x W^T + b1 + b2 (biases optional), the bias
+// added inside the GEMM.
 inline Tensor project(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b1,
                       const std::optional<Tensor>& b2 = std::nullopt) {
   std::optional<Tensor> bias = b1;
@@ -22,14 +35,17 @@ inline Tensor project(const Tensor& x, const Tensor& w, const std::optional<Tens
     bias = *b1 + *b2;
   else if (b2.has_value())
     bias = b2;
-  constexpr int64_t kMinRowsToReorder = 512;
-  if (x.size(0) >= kMinRowsToReorder) return StepGemm(w, x.size(0))(x, bias);
-  return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+  return linear_once(x, w, bias);
 }
 
-// out [B, G*H] += h [B, P] W^T, in place (out is a row range of a contiguous buffer).
-inline void add_recurrent(const Tensor& out, const Tensor& h, const Tensor& w) {
-  out.addmm_(h, w.t());
+// The recurrent half of a cell's pre-activation, h [B, P] w^T for w [G, P]: where linear_once takes oneDNN
+// it comes back apart, for the pointwise kernel to add as it reads; otherwise addmm_ accumulates it into
+// pre [B, G] in place (fp16/bf16 then round the sum once, as before the kernels see it) and the result is
+// undefined (no second input).
+inline Tensor recurrent_part(const Tensor& pre, const Tensor& h, const Tensor& w) {
+  if (onednn_takes(h, w)) return onednn::linear(h, w, std::nullopt);
+  pre.addmm_(h, w.t());
+  return Tensor();
 }
 
 // Sum over rows, accumulated in fp32 for reduced precision (at::sum does).

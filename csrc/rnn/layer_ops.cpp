@@ -55,8 +55,7 @@ Tensor flat_grad(const Tensor& grad_output, const TimeLayout& layout) {
 // as a first layer's data usually does.
 Tensor input_grad_or_empty(bool wanted, const Tensor& grad_gates, const Tensor& w_ih, const Tensor& input) {
   if (!wanted) return at::empty({0}, input.options());
-  // Through StepGemm: oneDNN with the weight reordered once is ~25% faster than MKL here (see step_gemm.h).
-  return StepGemm(w_ih.t(), grad_gates.size(0))(grad_gates).view(input.sizes());
+  return linear_once(grad_gates, w_ih.t()).view(input.sizes());
 }
 
 Tensor shape_output(const Tensor& out2d, const Tensor& input, const TimeLayout& layout) {

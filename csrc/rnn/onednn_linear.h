@@ -1,0 +1,72 @@
+// oneDNN's linear, the GEMM torch's own fused CPU RNNs run on, reached through ATen's mkldnn ops by the
+// dispatcher (oneDNN's own symbols are not exported by libtorch). CPU float32/bfloat16 only.
+//
+// Why not at::mm: MKL's sgemm takes its AVX2 path on AMD CPUs. Measured on a 2-core AMD EPYC: [3200, 1024] x
+// [1024, 256] 11.7 ms with at::mm, 8.4 ms here; a step's [32, 256] x [256, 1024] 214 us vs 101 us on a
+// reordered weight.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
+namespace seqops::onednn {
+
+using at::Tensor;
+
+struct Ops {
+  c10::OperatorHandle reorder, linear;
+};
+
+// Looked up once; null where this torch has no oneDNN or SEQOPS_ONEDNN=0.
+inline const Ops* ops() {
+  static const std::optional<Ops> found = []() -> std::optional<Ops> {
+    const char* env = std::getenv("SEQOPS_ONEDNN");
+    if ((env != nullptr && std::strcmp(env, "0") == 0) || !at::hasMKLDNN()) return std::nullopt;
+    auto& dispatcher = c10::Dispatcher::singleton();
+    auto reorder = dispatcher.findSchema({"mkldnn::_reorder_linear_weight", ""});
+    auto linear = dispatcher.findSchema({"mkldnn::_linear_pointwise", ""});
+    if (!reorder || !linear) return std::nullopt;
+    return Ops{*reorder, *linear};
+  }();
+  return found ? &*found : nullptr;
+}
+
+// Whether oneDNN can take this weight: CPU float32/bfloat16, mkldnn enabled, and available.
+inline bool usable(const Tensor& w) {
+  const auto st = w.scalar_type();
+  return ops() != nullptr && w.device().is_cpu() && (st == at::kFloat || st == at::kBFloat16) &&
+         at::globalContext().userEnabledMkldnn() && w.numel() > 0;
+}
+
+// oneDNN's call costs ~20 us however small the product, so at::mm wins below ~1M multiply-adds (measured:
+// [16, 64] x [64, 256] 10 us vs 25 us; [4, 256] x [256, 1024] 56 us vs 41 us, one thread).
+inline bool worth_it(int64_t rows, const Tensor& w) {
+  constexpr int64_t kMinMacs = int64_t{1} << 20;
+  return rows > 0 && rows * w.size(0) * w.size(1) >= kMinMacs;
+}
+
+// weight [G, K] -> oneDNN's blocked layout for products of `batch` rows: pays off only when the weight is
+// reused (a recurrence's steps); the reorder itself costs 150-300 us.
+inline Tensor reorder(const Tensor& w, int64_t batch) {
+  torch::jit::Stack stack{w.contiguous(), c10::IValue(std::max<int64_t>(batch, 1))};
+  ops()->reorder.callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+// x [N, K] -> [N, G] = x w^T (+ bias [G]); w: [G, K] reordered, contiguous, or the transpose of a contiguous
+// [K, G] (oneDNN reads it strided: no copy).
+inline Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias) {
+  const bool plain = w.is_mkldnn() || w.is_contiguous() || w.t().is_contiguous();
+  torch::jit::Stack stack{x.contiguous(), plain ? w : w.contiguous(),
+                          bias.has_value() ? c10::IValue(bias->contiguous()) : c10::IValue(), c10::IValue("none"),
+                          c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue()};
+  ops()->linear.callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+}  // namespace seqops::onednn
