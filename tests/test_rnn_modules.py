@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqops
-from seqops.ops.rnn_stack import rnn_stack, weights_from_module
+from seqops.ops.rnn_stack import rnn_stack, weights_from_flat, weights_from_module
 
 # Helper modules next to the tests (pytest puts tests/ on sys.path).
 from conftest import raise_alike  # isort: skip
@@ -208,6 +208,22 @@ def test_functional_call_uses_the_given_weights():
     actual = torch.func.functional_call(ours, weights, (x,))
     torch.testing.assert_close(actual[0], expected[0])
     torch.testing.assert_close(actual[1], expected[1])
+
+
+_WEIGHT_LAYOUTS = [{}, {"bias": False}, {"num_layers": 3, "bidirectional": True},
+                   {"proj_size": 3, "num_layers": 2, "bidirectional": True}, {"proj_size": 3, "bias": False}]
+
+
+@pytest.mark.parametrize("mode,kwargs", [(m, k) for m in MODES for k in _WEIGHT_LAYOUTS
+                                         if m == "LSTM" or "proj_size" not in k])
+def test_forward_reads_the_same_weights_as_weights_from_module(mode, kwargs):
+    # The modules' forward reads torch.nn's _flat_weights list (weights_from_flat): the same tensors, in order.
+    _, ours = module_pair(mode, **kwargs)
+    ours._update_flat_weights()
+    flat, named = weights_from_flat(ours), weights_from_module(ours)
+    assert len(flat) == len(named)
+    for a, b in zip(flat, named):
+        assert all(x is y for x, y in zip(a, b))
 
 
 # ---- dropout ----

@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from seqops.nn._autocast import autocast_dtype, autocast_off, cast
 from seqops.ops.rnn_layer import _onednn_lstm_applies, rnn_layer
-from seqops.ops.rnn_stack import rnn_stack, weights_from_module
+from seqops.ops.rnn_stack import rnn_stack, weights_from_flat
 
 __all__ = ["LSTM", "GRU", "RNN"]
 
@@ -34,12 +34,14 @@ class _SeqopsRNNBase(nn.RNNBase):
         """
 
     def forward(self, input, hx=None):
-        weights = weights_from_module(self)
         device_type = (input.data if isinstance(input, PackedSequence) else input).device.type
         dtype = autocast_dtype(device_type)
         if dtype is not None:
-            input, hx, weights = cast(input, dtype), cast(hx, dtype), [cast(w, dtype) for w in weights]
-        self._check_args(input, hx)
+            input, hx = cast(input, dtype), cast(hx, dtype)
+        self._check_args(input, hx)  # also brings _flat_weights up to date, as torch.nn's forward does
+        weights = weights_from_flat(self)
+        if dtype is not None:
+            weights = [cast(w, dtype) for w in weights]
         if dtype is None and self._onednn_lstm_stack_applies(input, hx):
             return self._onednn_lstm_stack(input, hx)
         with autocast_off(device_type, dtype):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["rnn_stack", "weights_from_module", "MODES", "GATES"]
+__all__ = ["rnn_stack", "weights_from_module", "weights_from_flat", "MODES", "GATES"]
 
 # Number of gates stacked along dim 0 of w_ih / w_hh, per mode.
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -50,8 +50,28 @@ def weights_from_module(module):
     return weights
 
 
+def weights_from_flat(module):
+    """weights_from_module's list from ``module._flat_weights``, torch.nn.RNNBase's list of the same tensors,
+    which its forward keeps current (``_update_flat_weights``): no attribute lookups per call."""
+    flat = module._flat_weights
+    per_direction = len(flat) // (module.num_layers * (2 if module.bidirectional else 1))
+    has_bias, has_proj = bool(module.bias), module.proj_size > 0
+    weights = []
+    for i in range(0, len(flat), per_direction):
+        w = flat[i : i + per_direction]  # w_ih, w_hh[, b_ih, b_hh][, w_hr]: torch.nn's _flat_weights_names order
+        weights.append((w[0], w[1], w[2] if has_bias else None, w[3] if has_bias else None,
+                        w[-1] if has_proj else None))
+    return weights
+
+
 def _contiguous(t):
     return None if t is None else t.contiguous()
+
+
+def _stack(states):
+    # torch.stack costs ~3 us more than unsqueeze for the common single layer-direction (per-call overhead
+    # is what step-by-step decoding pays)
+    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
 
 
 def _check_state(name, state, expected, input):
@@ -194,8 +214,7 @@ def rnn_stack(
             layer_input = F.dropout(layer_input, dropout, training=True)
 
     output = layer_input
-    h_n = torch.stack(h_n)
-    c_n = torch.stack(c_n) if is_lstm else None
+    h_n, c_n = _stack(h_n), (_stack(c_n) if is_lstm else None)
     if unsorted_indices is not None:
         h_n = h_n.index_select(1, unsorted_indices)
         c_n = None if c_n is None else c_n.index_select(1, unsorted_indices)
