@@ -165,7 +165,7 @@ torch.library.register_autograd("seqops::rnn_layer_forward", _rnn_backward, setu
 # whole layer in one primitive with JIT GEMMs; measured on a 2-core AMD EPYC at B=32, T=100, I=H=256 (fp32,
 # 2 threads, paired interleaved runs), seqops' fused packed-panel path reached 0.83-0.86x of it. So where it
 # applies, inference uses it ("onednn"); "fused" forces seqops' own kernels. Training runs seqops' kernels
-# (0.95-1.13x torch.nn's there, median 1.045x over 12 runs).
+# (1.03-1.17x torch.nn's there, median 1.13x over 6 runs at 79273e1).
 # Set with SEQOPS_CPU_LSTM_INFERENCE=onednn|fused, or assign this variable.
 CPU_LSTM_INFERENCE = os.environ.get("SEQOPS_CPU_LSTM_INFERENCE", "onednn")
 
