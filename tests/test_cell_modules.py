@@ -169,6 +169,20 @@ def test_bad_inputs_raise_like_torch(kind, case, args, error, same_message):
         assert ours_message.split(":")[0] in {"lstm_cell", "gru_cell", "rnn_cell"}
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_no_grad_and_inference_mode_give_the_training_forward_values(kind, context):
+    # Without grad the cell ops are called below their autograd kernel (call_op): the same numbers, no graph.
+    _, ours = cell_pair(kind)
+    x, hx, _ = make_inputs(kind, True, True, torch.float32)
+    expected = ours(x, hx)
+    with context():
+        actual = ours(x, hx)
+    for a, e in zip(torch.utils._pytree.tree_leaves(actual), torch.utils._pytree.tree_leaves(expected)):
+        assert not a.requires_grad
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
 def test_unknown_nonlinearity_raises_at_forward_like_torch():
     theirs, ours = cell_pair("RNNCell_tanh")
     theirs.nonlinearity = ours.nonlinearity = "gelu"

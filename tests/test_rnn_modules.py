@@ -210,6 +210,21 @@ def test_functional_call_uses_the_given_weights():
     torch.testing.assert_close(actual[1], expected[1])
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_no_grad_and_inference_mode_give_the_training_forward_values(mode, context):
+    # Without grad the layer ops are called below their autograd kernel (call_op): the same numbers (LSTM: to
+    # rounding, as its no-grad CPU forward is oneDNN's fused LSTM), and no graph.
+    _, ours = module_pair(mode, num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, I)
+    expected = ours(x)
+    with context():
+        actual = ours(x)
+    for a, e in zip(torch.utils._pytree.tree_leaves(actual), torch.utils._pytree.tree_leaves(expected)):
+        assert not a.requires_grad
+        torch.testing.assert_close(a, e)
+
+
 _WEIGHT_LAYOUTS = [{}, {"bias": False}, {"num_layers": 3, "bidirectional": True},
                    {"proj_size": 3, "num_layers": 2, "bidirectional": True}, {"proj_size": 3, "bias": False}]
 

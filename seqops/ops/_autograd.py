@@ -3,6 +3,16 @@
 import torch
 
 
+def call_op(op, *args):
+    """op(*args); with grad mode off, below its autograd kernel: torch.library's autograd registration is a
+    Python kernel that would only redispatch there (~4 us a call, which step-by-step decoding pays every step).
+    The guard is the one torch.library's own no-grad redispatch uses."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def zeros_if_none(grad, like):
     """Autograd passes None for an output the loss did not use; the fused backward wants a tensor."""
     return torch.zeros_like(like) if grad is None else grad

@@ -4,7 +4,7 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import double_backward_through, workspace_outputs, zeros_if_none
+from seqops.ops._autograd import call_op, double_backward_through, workspace_outputs, zeros_if_none
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
 
 _ops = torch.ops.seqops
@@ -55,5 +55,5 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """
     check_cell_args("gru_cell", input, (hx,))
     (input, hx), unbatched = batch_cell_args(input, (hx,))
-    h1, _, _ = _ops.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh)
+    h1, _, _ = call_op(_ops.gru_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh)
     return h1.squeeze(0) if unbatched else h1

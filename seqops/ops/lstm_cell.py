@@ -4,7 +4,7 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import double_backward_through, workspace_outputs, zeros_if_none
+from seqops.ops._autograd import call_op, double_backward_through, workspace_outputs, zeros_if_none
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
 
 _ops = torch.ops.seqops
@@ -59,7 +59,7 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     h, c = hx
     check_cell_args("lstm_cell", input, (h, c))
     (input, h, c), unbatched = batch_cell_args(input, (h, c))
-    h1, c1, _ = _ops.lstm_cell_forward(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    h1, c1, _ = call_op(_ops.lstm_cell_forward, input, h, c, w_ih, w_hh, b_ih, b_hh)
     if unbatched:
         return h1.squeeze(0), c1.squeeze(0)
     return h1, c1

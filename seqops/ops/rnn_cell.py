@@ -4,7 +4,7 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import double_backward_through
+from seqops.ops._autograd import call_op, double_backward_through
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
 
 _ops = torch.ops.seqops
@@ -47,7 +47,7 @@ torch.library.register_autograd("seqops::rnn_cell_forward", _backward, setup_con
 def _rnn_cell(name, relu, input, hx, w_ih, w_hh, b_ih, b_hh):
     check_cell_args(name, input, (hx,))
     (input, hx), unbatched = batch_cell_args(input, (hx,))
-    h1 = _ops.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, relu)
+    h1 = call_op(_ops.rnn_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh, relu)
     return h1.squeeze(0) if unbatched else h1
 
 

@@ -11,7 +11,7 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import double_backward_through, zeros_if_none
+from seqops.ops._autograd import call_op, double_backward_through, zeros_if_none
 from seqops.ops._autograd import workspace_outputs as _workspace
 
 _ops = torch.ops.seqops
@@ -211,16 +211,6 @@ def _in_fp32(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, rev
     return out.to(input.dtype), h_n.to(input.dtype), None if c_n is None else c_n.to(input.dtype)
 
 
-def _call(op, *args):
-    """op(*args); with grad mode off, below its autograd kernel: torch.library's autograd registration is a
-    Python kernel that would only redispatch there (~4 us a call). The guard is the one torch.library's own
-    no-grad redispatch uses."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
-        return op(*args)
-
-
 @with_autocast
 def rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """One layer-direction over the whole sequence; returns (output, h_n, c_n) (c_n None except LSTM)."""
@@ -231,16 +221,16 @@ def rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, re
     if input.device.type == "cpu" and input.dtype in _CPU_LOW_PRECISION:
         return _in_fp32(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     if mode == "LSTM":
-        out, h_n, c_n, *_ = _call(_ops.lstm_layer_forward, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
+        out, h_n, c_n, *_ = call_op(_ops.lstm_layer_forward, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
                                   w_hr, reverse)
         return out, h_n, c_n
     if w_hr is not None:
         raise ValueError(f"proj_size is only supported by LSTM, not {mode}")
     if mode == "GRU":
-        out, h_n, *_ = _call(_ops.gru_layer_forward, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
+        out, h_n, *_ = call_op(_ops.gru_layer_forward, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
         return out, h_n, None
     if mode in ("RNN_TANH", "RNN_RELU"):
-        out, h_n = _call(_ops.rnn_layer_forward, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
+        out, h_n = call_op(_ops.rnn_layer_forward, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
                          mode == "RNN_RELU")
         return out, h_n, None
     raise ValueError(f"unknown RNN mode {mode!r}; expected one of {MODES}")
