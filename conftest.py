@@ -1,7 +1,16 @@
 """Shared by tests/ and benchmarks/tests/: GPU tests skip cleanly where no GPU is visible; every test is seeded."""
 
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    # On a GPU, one attention configuration per shape instead of autotuning each (attention_common.AUTOTUNE):
+    # the tests check results, and tuning every shape they touch would compile each kernel ~10 times per shape,
+    # tens of minutes in all. test_attention_gpu tunes on purpose. An explicit setting wins.
+    os.environ.setdefault("SEQOPS_ATTENTION_AUTOTUNE", "0")
 
 
 def pytest_collection_modifyitems(config, items):

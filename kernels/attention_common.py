@@ -118,6 +118,12 @@ def _smem_bytes(resident, streamed, block_d, block_dv, stages, elt):
     return (resident * (block_d + block_dv) + stages * streamed * (block_d + block_dv)) * elt
 
 
+# SEQOPS_ATTENTION_AUTOTUNE=0: no tuning; the first configuration of the list that fits shared memory (the
+# largest tile) runs. The test suite sets it (tests/conftest.py): tuning every shape the GPU tests touch would
+# compile each kernel ~10 times per shape, tens of minutes in all, and the tests check results, not speed.
+AUTOTUNE = os.environ.get("SEQOPS_ATTENTION_AUTOTUNE", "1") != "0"
+
+
 def prune_by_shared_memory(budget, resident="BLOCK_M", streamed="BLOCK_N"):
     def prune(configs, named_args, **kwargs):
         elt = named_args["Q"].element_size()
@@ -131,7 +137,8 @@ def prune_by_shared_memory(budget, resident="BLOCK_M", streamed="BLOCK_N"):
             <= budget
         ]
         # Keep at least the smallest config so a launch always has something to run.
-        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
+        kept = kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
+        return kept if AUTOTUNE else kept[:1]
 
     return prune
 

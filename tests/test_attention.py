@@ -293,3 +293,22 @@ def test_autocast_runs_in_the_autocast_dtype_like_sdpa():
     exact = reference.attention(qh.double(), kh.double(), vh.double(), attn_mask=mh.double())
     low = reference.attention(qh, kh, vh, attn_mask=mh)
     assert_flash_rule(out, low, exact, "out under autocast")
+
+
+@pytest.mark.parametrize("autotune", [True, False])
+def test_config_pruning_keeps_what_fits_and_only_the_first_without_autotuning(monkeypatch, autotune):
+    from seqops.kernels import attention_common as ac
+
+    monkeypatch.setattr(ac, "AUTOTUNE", autotune)
+    prune = ac.prune_by_shared_memory(ac.SMEM_SM90)
+    q = torch.empty(1, dtype=torch.bfloat16)
+    fits_64 = prune(ac.FWD_CONFIGS_SM90, {"Q": q}, BLOCK_D=64, BLOCK_DV=64)
+    fits_256 = prune(ac.FWD_CONFIGS_SM90, {"Q": q}, BLOCK_D=256, BLOCK_DV=256)
+    for kept, d in ((fits_64, 64), (fits_256, 256)):
+        assert kept and all(ac._smem_bytes(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], d, d, c.num_stages, 2)
+                            <= ac.SMEM_SM90 for c in kept)
+    if autotune:
+        assert len(fits_64) > len(fits_256) >= 1
+    else:  # the first configuration of the list that fits: the largest tile
+        assert len(fits_64) == len(fits_256) == 1
+        assert fits_64[0] is ac.FWD_CONFIGS_SM90[0]
