@@ -9,8 +9,10 @@ import torch
 def pytest_configure(config):
     # On a GPU, one attention configuration per shape instead of autotuning each (attention_common.AUTOTUNE):
     # the tests check results, and tuning every shape they touch would compile each kernel ~10 times per shape,
-    # tens of minutes in all. test_attention_gpu tunes on purpose. An explicit setting wins.
-    os.environ.setdefault("SEQOPS_ATTENTION_AUTOTUNE", "0")
+    # tens of minutes in all. test_attention_gpu tunes on purpose. An explicit setting wins, and timing runs
+    # (pytest benchmarks --benchmark-only) keep autotuning.
+    if not config.getoption("benchmark_only", default=False):
+        os.environ.setdefault("SEQOPS_ATTENTION_AUTOTUNE", "0")
 
 
 def pytest_collection_modifyitems(config, items):
