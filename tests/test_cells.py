@@ -133,6 +133,24 @@ def test_nan_and_inf_propagate_like_torch(kind):
         torch.testing.assert_close(ours, theirs, equal_nan=True)
 
 
+def test_relu_backward_with_non_finite_values_like_torch():
+    # torch's relu backward is a select: 0 where the output is <= 0 whatever the gradient, the gradient itself
+    # where the output is NaN. A product d * step(h) would turn an inf gradient at an inactive unit into NaN.
+    module, x, states, weights = make_case("rnn_relu", 4, 3, 6)
+    x[3, 1] = float("nan")  # row 3's outputs are NaN: their gradients must pass through
+    with torch.no_grad():
+        h1 = module(x, states[0])
+    grad = torch.randn_like(h1)
+    inactive = (h1[:3] <= 0).nonzero()
+    assert len(inactive) >= 2
+    grad[tuple(inactive[0])], grad[tuple(inactive[1])] = float("inf"), float("nan")
+    _, theirs = module_outputs_and_grads("rnn_relu", module, x, states, [grad])
+    for fn in (CELLS["rnn_relu"][0], CELLS["rnn_relu"][1]):  # seqops and its reference
+        _, ours, _ = outputs_and_grads("rnn_relu", fn, x, states, weights, [grad])
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, equal_nan=True)
+
+
 def _ulps(actual, expected64):
     """|actual - expected| in units of the float32 spacing at expected."""
     expected = expected64.float().abs()

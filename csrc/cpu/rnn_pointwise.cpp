@@ -10,7 +10,7 @@ namespace seqops {
 using cpu::for_each_row_col;
 using cpu::load;
 using cpu::relu_;
-using cpu::relu_grad_;
+using cpu::relu_backward_;
 using cpu::sigmoid_;
 using cpu::store;
 using cpu::tanh_;
@@ -194,7 +194,7 @@ void rnn_backward_pointwise_cpu(const Tensor& h_new, const Tensor& grad_h, const
         const V y = load<V>(h + r * hs + j);
         V d = load<V>(dh + r * dhs + j);
         if constexpr (decltype(has_out)::value) d = d + load<V>(dho + r * dhos + j);
-        store(dp + r * dps + j, relu ? d * relu_grad_(y) : d * (V(1) - y * y));
+        store(dp + r * dps + j, relu ? relu_backward_(d, y) : d * (V(1) - y * y));
       });
     });
   });

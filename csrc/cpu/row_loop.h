@@ -75,13 +75,15 @@ inline Vec<T> relu_(Vec<T> x) {
   return at::vec::clamp_min(x, Vec<T>(0));  // clamp_min propagates NaN like torch.relu
 }
 // d relu / d pre, expressed through the output h = relu(pre): 1 where h > 0.
+// dL/dpre of relu given its output h: 0 where h <= 0, else d. A select, not d * step(h), so a non-finite d at
+// an inactive unit gives 0 and a NaN output passes d, as torch's threshold_backward does.
 template <typename T>
-inline T relu_grad_(T h) {
-  return h > T(0) ? T(1) : T(0);
+inline T relu_backward_(T d, T h) {
+  return h <= T(0) ? T(0) : d;
 }
 template <typename T>
-inline Vec<T> relu_grad_(Vec<T> h) {
-  return Vec<T>::blendv(Vec<T>(0), Vec<T>(1), h > Vec<T>(0));
+inline Vec<T> relu_backward_(Vec<T> d, Vec<T> h) {
+  return Vec<T>::blendv(d, Vec<T>(0), h <= Vec<T>(0));
 }
 
 // Runs body(row, col, Lane<V>) over rows x cols. Rows in parallel; for float/double storage the columns

@@ -221,7 +221,8 @@ void rnn_backward_pointwise_cuda(const Tensor& h_new, const Tensor& grad_h, cons
     launch_rows_cols(h_new.size(0), h_new.size(1), [=] __device__(int64_t r, int64_t j) {
       const T y = h[r * hs + j];
       const T d = static_cast<T>(dh[r * dhs + j]) + load_or_zero<T>(dho, r * dhos + j);
-      dp[r * dps + j] = relu ? (y > T(0) ? d : T(0)) : d * (T(1) - y * y);
+      // relu: a select like torch's threshold_backward (a NaN output passes d; d at h <= 0 gives 0)
+      dp[r * dps + j] = relu ? (y <= T(0) ? T(0) : d) : d * (T(1) - y * y);
     });
   });
 }
