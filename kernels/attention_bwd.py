@@ -25,6 +25,7 @@ from .attention_common import (
     SMEM_DEFAULT,
     SMEM_SM90,
     apply_score_masks,
+    device_guard,
     dot_precision,
     dropout_keep,
     is_sm90,
@@ -52,9 +53,9 @@ def attention_bwd_delta_kernel(
     offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
     inside = (offs_m[:, None] < L) & (offs_dv[None, :] < EV)
-    o = tl.load(O + off_b * sob + off_h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
+    o = tl.load(O + off_b * sob + off_h * soh + offs_m[:, None].to(tl.int64) * som + offs_dv[None, :] * sod,
                 mask=inside, other=0.0)
-    do = tl.load(DO + off_b * sdob + off_h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
+    do = tl.load(DO + off_b * sdob + off_h * sdoh + offs_m[:, None].to(tl.int64) * sdom + offs_dv[None, :] * sdod,
                  mask=inside, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
@@ -79,9 +80,9 @@ def _dkdv_query_blocks(
             do = DO_head.load([start_m, 0])
         else:
             # qt: [BLOCK_D, BLOCK_M], do: [BLOCK_M, BLOCK_DV]
-            qt = load_tile(Q_head + offs_m[None, :] * sqm + offs_d[:, None] * sqd,
+            qt = load_tile(Q_head + offs_m[None, :].to(tl.int64) * sqm + offs_d[:, None] * sqd,
                            in_rows[None, :], offs_d[:, None] < E, CHECK_BOUNDS, PAD_D)
-            do = load_tile(DO_head + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
+            do = load_tile(DO_head + offs_m[:, None].to(tl.int64) * sdom + offs_dv[None, :] * sdod,
                            in_rows[:, None], offs_dv[None, :] < EV, CHECK_BOUNDS, PAD_D)
         lse2 = tl.load(Lse_head + offs_m, mask=in_rows, other=0.0) * LOG2E_K
         # Fully masked rows have lse = -inf and all scores -inf: shift by 0 so their p is 0, not NaN.
@@ -126,9 +127,9 @@ def attention_bwd_dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     in_keys = offs_n < S
-    k = tl.load(K + off_b * skb + off_hkv * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
+    k = tl.load(K + off_b * skb + off_hkv * skh + offs_n[:, None].to(tl.int64) * skn + offs_d[None, :] * skd,
                 mask=in_keys[:, None] & (offs_d[None, :] < E), other=0.0)               # [BLOCK_N, BLOCK_D]
-    v = tl.load(V + off_b * svb + off_hkv * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+    v = tl.load(V + off_b * svb + off_hkv * svh + offs_n[:, None].to(tl.int64) * svn + offs_dv[None, :] * svd,
                 mask=in_keys[:, None] & (offs_dv[None, :] < EV), other=0.0)             # [BLOCK_N, BLOCK_DV]
     seed = 0
     if HAS_DROPOUT:
@@ -203,9 +204,9 @@ def _dq_key_blocks(
             vt = tl.trans(V_head.load([start_n, 0]))
         else:
             # kt: [BLOCK_D, BLOCK_N], vt: [BLOCK_DV, BLOCK_N]
-            kt = load_tile(K_head + offs_n[None, :] * skn + offs_d[:, None] * skd,
+            kt = load_tile(K_head + offs_n[None, :].to(tl.int64) * skn + offs_d[:, None] * skd,
                            in_keys[None, :], offs_d[:, None] < E, CHECK_BOUNDS, PAD_D)
-            vt = load_tile(V_head + offs_n[None, :] * svn + offs_dv[:, None] * svd,
+            vt = load_tile(V_head + offs_n[None, :].to(tl.int64) * svn + offs_dv[:, None] * svd,
                            in_keys[None, :], offs_dv[:, None] < EV, CHECK_BOUNDS, PAD_D)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale                       # [BLOCK_M, BLOCK_N]
         s = apply_score_masks(s, offs_m[:, None], offs_n[None, :], Mask_head, smm, smn, L, S,
@@ -217,7 +218,7 @@ def _dq_key_blocks(
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if HAS_DMASK:
-            tl.store(DMask_row + offs_m[:, None] * S + offs_n[None, :], ds,
+            tl.store(DMask_row + offs_m[:, None].to(tl.int64) * S + offs_n[None, :], ds,
                      mask=(offs_m[:, None] < L) & in_keys[None, :])
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=PRECISION)
     return dq
@@ -245,9 +246,9 @@ def attention_bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     in_rows = offs_m < L
-    q = tl.load(Q + off_b * sqb + off_h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+    q = tl.load(Q + off_b * sqb + off_h * sqh + offs_m[:, None].to(tl.int64) * sqm + offs_d[None, :] * sqd,
                 mask=in_rows[:, None] & (offs_d[None, :] < E), other=0.0)              # [BLOCK_M, BLOCK_D]
-    do = tl.load(DO + off_b * sdob + off_h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
+    do = tl.load(DO + off_b * sdob + off_h * sdoh + offs_m[:, None].to(tl.int64) * sdom + offs_dv[None, :] * sdod,
                  mask=in_rows[:, None] & (offs_dv[None, :] < EV), other=0.0)          # [BLOCK_M, BLOCK_DV]
     lse2 = tl.load(Lse + bh.to(tl.int64) * L + offs_m, mask=in_rows, other=0.0) * LOG2E_K
     lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)
@@ -320,9 +321,10 @@ def attention_backward(do, q, k, v, out, lse, mask, scale, is_causal, dropout_p,
 
     delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
     delta_block = 32 if interpret else 64
-    attention_bwd_delta_kernel[(triton.cdiv(L, delta_block) * B * H,)](
-        out, do, delta, *out.stride(), *do.stride(), H, L, EV, BLOCK_M=delta_block, BLOCK_DV=BLOCK_DV
-    )
+    with device_guard(q.device):
+        attention_bwd_delta_kernel[(triton.cdiv(L, delta_block) * B * H,)](
+            out, do, delta, *out.stride(), *do.stride(), H, L, EV, BLOCK_M=delta_block, BLOCK_DV=BLOCK_DV
+        )
     if dlse is not None:
         # d lse_i / d s_ij = P_ij, so an lse gradient adds dlse_i * P_ij to dS = P * (dP - delta): fold it in.
         delta.sub_(dlse)

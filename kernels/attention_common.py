@@ -19,6 +19,12 @@ import torch
 import triton
 import triton.language as tl
 
+try:
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # another Triton layout: no such error to tell apart
+    class OutOfResources(Exception):
+        pass
+
 LOG2E = 1.4426950408889634
 # The same constants for use inside kernels (a global a kernel reads must be a constexpr).
 LOG2E_K = tl.constexpr(1.4426950408889634)
@@ -74,10 +80,10 @@ def apply_score_masks(
     """
     valid = (rows < L) & (cols < S)
     if MASK_KIND == 1:
-        keep = tl.load(Mask_head + rows * smm + cols * smn, mask=valid, other=0)
+        keep = tl.load(Mask_head + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=valid, other=0)
         s = tl.where(keep != 0, s, float("-inf"))
     elif MASK_KIND == 2:
-        bias = tl.load(Mask_head + rows * smm + cols * smn, mask=valid, other=0.0)
+        bias = tl.load(Mask_head + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=valid, other=0.0)
         s = s + bias.to(tl.float32) * LOG2E_K
     if ON_DIAGONAL:
         s = tl.where(rows >= cols, s, float("-inf"))
@@ -113,9 +119,16 @@ def length_bucket(n):
     return triton.next_power_of_2(max(n, 1))
 
 
-def _smem_bytes(resident, streamed, block_d, block_dv, stages, elt):
-    # The resident tile (Q, or K and V for dK/dV) plus one streamed tile pair per pipeline stage.
-    return (resident * (block_d + block_dv) + stages * streamed * (block_d + block_dv)) * elt
+def _smem_bytes(resident, streamed, block_d, block_dv, stages, elt, mask_elt=0):
+    # The resident tile (Q, or K and V for dK/dV) plus one streamed tile pair per pipeline stage, and with a
+    # mask its [resident, streamed] tile per stage (measured: bf16 D=128 with a float mask needs it counted).
+    tiles = (resident * (block_d + block_dv) + stages * streamed * (block_d + block_dv)) * elt
+    return tiles + stages * resident * streamed * mask_elt
+
+
+# fp32 runs its dots in IEEE fp32, an FMA loop rather than tensor cores: large tiles only spill registers
+# (ptxas reports 10-34 KB of stack per thread) and take minutes to compile, so fp32 keeps the small tiles.
+FP32_MAX_TILE, FP32_MAX_STAGES = 64 * 32, 2
 
 
 # SEQOPS_ATTENTION_AUTOTUNE=0: no tuning; the first configuration of the list that fits shared memory (the
@@ -130,11 +143,15 @@ def prune_by_shared_memory(budget, resident="BLOCK_M", streamed="BLOCK_N"):
         block_d, block_dv = kwargs.get("BLOCK_D", named_args.get("BLOCK_D")), kwargs.get(
             "BLOCK_DV", named_args.get("BLOCK_DV")
         )
+        has_mask = kwargs.get("MASK_KIND", named_args.get("MASK_KIND", MASK_NONE)) != MASK_NONE
+        mask_elt = named_args["Mask"].element_size() if has_mask and "Mask" in named_args else 0
         kept = [
             c
             for c in configs
-            if _smem_bytes(c.kwargs[resident], c.kwargs[streamed], block_d, block_dv, c.num_stages, elt)
+            if _smem_bytes(c.kwargs[resident], c.kwargs[streamed], block_d, block_dv, c.num_stages, elt, mask_elt)
             <= budget
+            and (elt < 4 or (c.kwargs[resident] * c.kwargs[streamed] <= FP32_MAX_TILE
+                             and c.num_stages <= FP32_MAX_STAGES))
         ]
         # Keep at least the smallest config so a launch always has something to run.
         kept = kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
@@ -153,15 +170,17 @@ def _configs(triples, warps_stages):
 
 # Forward and dQ: BLOCK_M query rows stay resident, BLOCK_N keys stream. BLOCK_M % BLOCK_N == 0 always (the
 # causal loop splits at a query-block boundary that must also be a key-block boundary).
-# The (64, 32) two-stage entries are what head dim 256 (and fp32 at 128) fit into.
+# The (64, 32) two-stage entries are what head dim 256 (and fp32 at 128) fit into; the one-stage (32, 16) / (16, 32)
+# entries are the last resort of fp32 at head dim 256 with a mask (the two-stage tiles measured 237 KB there).
 FWD_CONFIGS_SM90 = _configs([(128, 64), (128, 128), (64, 64)], [(4, 3), (8, 3), (8, 4)]) + _configs(
-    [(64, 32)], [(4, 2)])
+    [(64, 32)], [(4, 2)]) + _configs([(32, 16)], [(4, 1)])
 FWD_CONFIGS_DEFAULT = _configs([(128, 64), (64, 64), (64, 32)], [(4, 2), (4, 3)])
 # dK/dV: BLOCK_N keys stay resident and BLOCK_M query rows stream, so here BLOCK_N is the larger tile.
 DKDV_CONFIGS_SM90 = _configs([(64, 128), (32, 128), (64, 64)], [(4, 3), (8, 3)]) + _configs(
-    [(32, 64)], [(4, 2)])
+    [(32, 64)], [(4, 2)]) + _configs([(16, 32)], [(4, 1)])
 DKDV_CONFIGS_DEFAULT = _configs([(32, 64), (64, 64)], [(4, 2)]) + _configs([(16, 32)], [(4, 2)])
-DQ_CONFIGS_SM90 = _configs([(128, 64), (64, 64)], [(4, 3), (8, 3)]) + _configs([(64, 32)], [(4, 2)])
+DQ_CONFIGS_SM90 = _configs([(128, 64), (64, 64)], [(4, 3), (8, 3)]) + _configs([(64, 32)], [(4, 2)]) + _configs(
+    [(32, 16)], [(4, 1)])
 DQ_CONFIGS_DEFAULT = _configs([(64, 64), (64, 32)], [(4, 2)])
 
 # Shared-memory budgets per block, bytes (opt-in maxima: sm90 227 KB; the default assumes sm80's 163 KB and
@@ -244,21 +263,30 @@ def _descriptor_scratch(device):
         _allocation._allocator.reset(token)
 
 
+def device_guard(device):
+    """Triton launches on the current CUDA device: make it the tensors' one for the launch."""
+    if device.type == "cuda" and not INTERPRETING:
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def launch_with_optional_tma(launcher, args, meta, streamed):
     """Launch `launcher(*args, **meta, USE_TMA=...)` with TMA when the device, the build and the streamed
     tensors allow it; otherwise (or if the TMA launch fails) with plain pointer loads."""
     global TMA_ENABLED
     device = streamed[0].device
     if device.type == "cuda" and not INTERPRETING:
-        wanted, guard = TMA_ENABLED and is_sm90(device), torch.cuda.device(device)
+        wanted = TMA_ENABLED and is_sm90(device)
     else:
-        wanted, guard = TMA_IN_INTERPRETER, contextlib.nullcontext()
-    with guard:
+        wanted = TMA_IN_INTERPRETER
+    with device_guard(device):
         if wanted and tma_eligible(*streamed):
             try:
                 with _descriptor_scratch(device):
                     launcher(*args, **meta, USE_TMA=True)
                 return
+            except OutOfResources:
+                pass  # this shape's TMA buffers exceed shared memory: pointer loads for this launch only
             except Exception as err:  # noqa: BLE001 - any failure of the optional path falls back
                 if device.type != "cuda":
                     raise

@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_common import dropout_keep, tile_and_head
+from .attention_common import device_guard, dropout_keep, tile_and_head
 
 
 # Seed: [1] int64 -> Keep: [BH, L, S] bool (as uint8) contiguous.  grid: (cdiv(L, BLOCK_M) * BH,)
@@ -25,7 +25,8 @@ def attention_dropout_mask(seed, B, H, L, S, dropout_p):
     keep = torch.empty((B, H, L, S), device=seed.device, dtype=torch.uint8)
     if keep.numel():
         grid = (triton.cdiv(L, 32) * B * H,)
-        attention_dropout_mask_kernel[grid](seed, keep, L, S, dropout_p, BLOCK_M=32, BLOCK_N=32)
+        with device_guard(seed.device):
+            attention_dropout_mask_kernel[grid](seed, keep, L, S, dropout_p, BLOCK_M=32, BLOCK_N=32)
     return keep.view(torch.bool)
 
 

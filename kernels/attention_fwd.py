@@ -52,7 +52,7 @@ def _fwd_key_blocks(
         if USE_TMA:  # rows past S and columns past E come back as zeros
             kt = tl.trans(K_head.load([start_n, 0]))
         else:
-            kt = load_tile(K_head + offs_n[None, :] * skn + offs_d[:, None] * skd,
+            kt = load_tile(K_head + offs_n[None, :].to(tl.int64) * skn + offs_d[:, None] * skd,
                            in_keys[None, :], offs_d[:, None] < E, CHECK_BOUNDS, PAD_D)  # [BLOCK_D, BLOCK_N]
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale                       # [BLOCK_M, BLOCK_N]
         s = apply_score_masks(s, offs_m[:, None], offs_n[None, :], Mask_head, smm, smn, L, S,
@@ -71,7 +71,7 @@ def _fwd_key_blocks(
         if USE_TMA:
             v = V_head.load([start_n, 0])
         else:
-            v = load_tile(V_head + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+            v = load_tile(V_head + offs_n[:, None].to(tl.int64) * svn + offs_dv[None, :] * svd,
                           in_keys[:, None], offs_dv[None, :] < EV, CHECK_BOUNDS, PAD_D)  # [BLOCK_N, BLOCK_DV]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
         m_i = m_new
@@ -100,7 +100,7 @@ def attention_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
 
-    q = tl.load(Q + off_b * sqb + off_h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+    q = tl.load(Q + off_b * sqb + off_h * sqh + offs_m[:, None].to(tl.int64) * sqm + offs_d[None, :] * sqd,
                 mask=(offs_m[:, None] < L) & (offs_d[None, :] < E), other=0.0)          # [BLOCK_M, BLOCK_D]
     K_head = K + off_b * skb + off_hkv * skh
     V_head = V + off_b * svb + off_hkv * svh
@@ -147,7 +147,7 @@ def attention_fwd_kernel(
         inv_l = inv_l * drop_scale
     out = acc * inv_l[:, None]
     in_rows = offs_m < L
-    tl.store(Out + off_b * sob + off_h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
+    tl.store(Out + off_b * sob + off_h * soh + offs_m[:, None].to(tl.int64) * som + offs_dv[None, :] * sod,
              out.to(Out.dtype.element_ty), mask=in_rows[:, None] & (offs_dv[None, :] < EV))
     lse = tl.where(has_mass, (m_i + tl.log2(l_safe)) * LN2_K, float("-inf"))
     tl.store(Lse + bh.to(tl.int64) * L + offs_m, lse, mask=in_rows)

@@ -312,3 +312,23 @@ def test_config_pruning_keeps_what_fits_and_only_the_first_without_autotuning(mo
     else:  # the first configuration of the list that fits: the largest tile
         assert len(fits_64) == len(fits_256) == 1
         assert fits_64[0] is ac.FWD_CONFIGS_SM90[0]
+
+
+def test_config_pruning_counts_the_mask_tile_and_keeps_fp32_tiles_small(monkeypatch):
+    from seqops.kernels import attention_common as ac
+
+    monkeypatch.setattr(ac, "AUTOTUNE", True)
+    prune = ac.prune_by_shared_memory(ac.SMEM_SM90)
+    bf16, fp32 = torch.empty(1, dtype=torch.bfloat16), torch.empty(1, dtype=torch.float32)
+    big = next(c for c in ac.FWD_CONFIGS_SM90
+               if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages) == (128, 64, 3))
+    plain = prune(ac.FWD_CONFIGS_SM90, {"Q": bf16, "Mask": bf16}, BLOCK_D=128, BLOCK_DV=128, MASK_KIND=ac.MASK_NONE)
+    masked = prune(ac.FWD_CONFIGS_SM90, {"Q": bf16, "Mask": fp32}, BLOCK_D=128, BLOCK_DV=128, MASK_KIND=ac.MASK_FLOAT)
+    assert big in plain and big not in masked  # 160 KB of tiles + 96 KB of fp32 mask tiles > 227 KB
+    for configs, resident, streamed in ((ac.FWD_CONFIGS_SM90, "BLOCK_M", "BLOCK_N"),
+                                        (ac.DKDV_CONFIGS_SM90, "BLOCK_N", "BLOCK_M")):
+        kept = ac.prune_by_shared_memory(ac.SMEM_SM90, resident, streamed)(
+            configs, {"Q": fp32, "Mask": fp32}, BLOCK_D=256, BLOCK_DV=256, MASK_KIND=ac.MASK_FLOAT)
+        assert kept and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= ac.FP32_MAX_TILE for c in kept)
+        assert all(ac._smem_bytes(c.kwargs[resident], c.kwargs[streamed], 256, 256, c.num_stages, 4, 4)
+                   <= ac.SMEM_SM90 for c in kept)

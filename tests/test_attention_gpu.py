@@ -183,3 +183,44 @@ def test_autotuning_picks_a_correct_configuration(monkeypatch):
     q, k, v = make_qkv((1, 4, 700, 64), (1, 4, 700, 64), (1, 4, 700, 64), dtype=torch.float16, device="cuda")
     _flash_rule_check(q, k, v, is_causal=False)
     assert all(len(tuner.cache) == 1 for tuner, _, _ in kernels.values())
+
+
+def _sdpa_pair(q, k, v, **kwargs):
+    """(bf16 SDPA, fp32 SDPA) outputs and (q, k, v) gradients: PyTorch's low-precision result and the exact one."""
+    results = []
+    for dtype in (torch.bfloat16, torch.float32):
+        leaves = [x.detach().to(dtype).contiguous().requires_grad_(x.requires_grad) for x in (q, k, v)]
+        out = F.scaled_dot_product_attention(*leaves, **kwargs)
+        grads = torch.autograd.grad(out, [x for x in leaves if x.requires_grad], torch.ones_like(out)) \
+            if any(x.requires_grad for x in leaves) else ()
+        results.append((out, grads))
+    return results
+
+
+def test_key_offsets_past_2_31_elements():
+    # K/V rows 8192 elements apart (a [S, 64 heads x 128] buffer, one head used) and S = 2^18: offs_n * stride
+    # passes 2^31, which wrapped in int32 address arithmetic. Forward and every gradient.
+    S, row = 1 << 18, 64 * 128
+    k_buf = torch.randn(S, row, device="cuda", dtype=torch.bfloat16)
+    v_buf = torch.randn(S, row, device="cuda", dtype=torch.bfloat16)
+    k = k_buf[:, -128:].view(1, 1, S, 128).requires_grad_()  # the last head: the largest offsets
+    v = v_buf[:, -128:].view(1, 1, S, 128).requires_grad_()
+    q = torch.randn(1, 1, 256, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    assert k.stride(2) * (S - 1) >= 2**31
+    out = attention(q, k, v)
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    (low, low_grads), (exact, exact_grads) = _sdpa_pair(q, k, v)
+    assert_flash_rule(out, low, exact, "out")
+    for name, a, base, want in zip(("dq", "dk", "dv"), grads, low_grads, exact_grads):
+        assert_flash_rule(a, base, want, name)
+
+
+def test_dense_mask_past_2_31_elements():
+    # A dense [L, S] boolean mask with L * S > 2^31: row * mask stride passes 2^31.
+    L, S = 1024, (1 << 21) + 16
+    q = torch.randn(1, 1, L, 64, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 1, S, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.rand(1, 1, L, S, device="cuda") > 0.3
+    out = attention(q, k, v, attn_mask=mask)
+    (low, _), (exact, _) = _sdpa_pair(q, k, v, attn_mask=mask)
+    assert_flash_rule(out, low, exact, "out with a 2^31-element mask")
