@@ -38,6 +38,7 @@ from .attention_common import (
     padded_head_dims,
     prune_by_shared_memory,
     tile_and_head,
+    within_int32_rows,
 )
 
 
@@ -53,9 +54,9 @@ def attention_bwd_delta_kernel(
     offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
     inside = (offs_m[:, None] < L) & (offs_dv[None, :] < EV)
-    o = tl.load(O + off_b * sob + off_h * soh + offs_m[:, None].to(tl.int64) * som + offs_dv[None, :] * sod,
+    o = tl.load(O + off_b * sob + off_h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
                 mask=inside, other=0.0)
-    do = tl.load(DO + off_b * sdob + off_h * sdoh + offs_m[:, None].to(tl.int64) * sdom + offs_dv[None, :] * sdod,
+    do = tl.load(DO + off_b * sdob + off_h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
                  mask=inside, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
@@ -80,9 +81,9 @@ def _dkdv_query_blocks(
             do = DO_head.load([start_m, 0])
         else:
             # qt: [BLOCK_D, BLOCK_M], do: [BLOCK_M, BLOCK_DV]
-            qt = load_tile(Q_head + offs_m[None, :].to(tl.int64) * sqm + offs_d[:, None] * sqd,
+            qt = load_tile(Q_head + offs_m[None, :] * sqm + offs_d[:, None] * sqd,
                            in_rows[None, :], offs_d[:, None] < E, CHECK_BOUNDS, PAD_D)
-            do = load_tile(DO_head + offs_m[:, None].to(tl.int64) * sdom + offs_dv[None, :] * sdod,
+            do = load_tile(DO_head + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
                            in_rows[:, None], offs_dv[None, :] < EV, CHECK_BOUNDS, PAD_D)
         lse2 = tl.load(Lse_head + offs_m, mask=in_rows, other=0.0) * LOG2E_K
         # Fully masked rows have lse = -inf and all scores -inf: shift by 0 so their p is 0, not NaN.
@@ -127,9 +128,9 @@ def attention_bwd_dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     in_keys = offs_n < S
-    k = tl.load(K + off_b * skb + off_hkv * skh + offs_n[:, None].to(tl.int64) * skn + offs_d[None, :] * skd,
+    k = tl.load(K + off_b * skb + off_hkv * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
                 mask=in_keys[:, None] & (offs_d[None, :] < E), other=0.0)               # [BLOCK_N, BLOCK_D]
-    v = tl.load(V + off_b * svb + off_hkv * svh + offs_n[:, None].to(tl.int64) * svn + offs_dv[None, :] * svd,
+    v = tl.load(V + off_b * svb + off_hkv * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd,
                 mask=in_keys[:, None] & (offs_dv[None, :] < EV), other=0.0)             # [BLOCK_N, BLOCK_DV]
     seed = 0
     if HAS_DROPOUT:
@@ -204,9 +205,9 @@ def _dq_key_blocks(
             vt = tl.trans(V_head.load([start_n, 0]))
         else:
             # kt: [BLOCK_D, BLOCK_N], vt: [BLOCK_DV, BLOCK_N]
-            kt = load_tile(K_head + offs_n[None, :].to(tl.int64) * skn + offs_d[:, None] * skd,
+            kt = load_tile(K_head + offs_n[None, :] * skn + offs_d[:, None] * skd,
                            in_keys[None, :], offs_d[:, None] < E, CHECK_BOUNDS, PAD_D)
-            vt = load_tile(V_head + offs_n[None, :].to(tl.int64) * svn + offs_dv[:, None] * svd,
+            vt = load_tile(V_head + offs_n[None, :] * svn + offs_dv[:, None] * svd,
                            in_keys[None, :], offs_dv[:, None] < EV, CHECK_BOUNDS, PAD_D)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale                       # [BLOCK_M, BLOCK_N]
         s = apply_score_masks(s, offs_m[:, None], offs_n[None, :], Mask_head, smm, smn, L, S,
@@ -218,8 +219,10 @@ def _dq_key_blocks(
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if HAS_DMASK:
-            tl.store(DMask_row + offs_m[:, None].to(tl.int64) * S + offs_n[None, :], ds,
-                     mask=(offs_m[:, None] < L) & in_keys[None, :])
+            dm_rows = offs_m[:, None]
+            if MASK_KIND > 2:  # L * S >= 2^31 (see mask_kind)
+                dm_rows = dm_rows.to(tl.int64)
+            tl.store(DMask_row + dm_rows * S + offs_n[None, :], ds, mask=(offs_m[:, None] < L) & in_keys[None, :])
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=PRECISION)
     return dq
 
@@ -246,9 +249,9 @@ def attention_bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     in_rows = offs_m < L
-    q = tl.load(Q + off_b * sqb + off_h * sqh + offs_m[:, None].to(tl.int64) * sqm + offs_d[None, :] * sqd,
+    q = tl.load(Q + off_b * sqb + off_h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=in_rows[:, None] & (offs_d[None, :] < E), other=0.0)              # [BLOCK_M, BLOCK_D]
-    do = tl.load(DO + off_b * sdob + off_h * sdoh + offs_m[:, None].to(tl.int64) * sdom + offs_dv[None, :] * sdod,
+    do = tl.load(DO + off_b * sdob + off_h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
                  mask=in_rows[:, None] & (offs_dv[None, :] < EV), other=0.0)          # [BLOCK_M, BLOCK_DV]
     lse2 = tl.load(Lse + bh.to(tl.int64) * L + offs_m, mask=in_rows, other=0.0) * LOG2E_K
     lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)
@@ -307,6 +310,7 @@ _dq_sm90, _dq_default = _autotuned(
 # seed: [1] int64, dlse: None or [B, H, L] (gradient of the lse output)
 # -> (dq, dk, dv) contiguous in the input dtypes, and dmask [B, H, L, S] fp32 (or None).
 def attention_backward(do, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed, need_dmask, dlse=None):
+    do, q, k, v, out = (within_int32_rows(t) for t in (do, q, k, v, out))
     B, H, L, E = q.shape
     Hkv, S, EV = k.shape[1], k.shape[2], v.shape[3]
     dq = torch.empty((B, H, L, E), device=q.device, dtype=q.dtype)
@@ -338,7 +342,7 @@ def attention_backward(do, q, k, v, out, lse, mask, scale, is_causal, dropout_p,
         0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p),
     )
     meta = dict(
-        MASK_KIND=mask_kind(mask), IS_CAUSAL=bool(is_causal), HAS_DROPOUT=has_dropout,
+        MASK_KIND=mask_kind(mask, L, S), IS_CAUSAL=bool(is_causal), HAS_DROPOUT=has_dropout,
         PRECISION=dot_precision(q.dtype), PAD_D=padded_head_dims(E, EV), BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV,
     )
     dkdv_args = (q, k, v, mask_ptr, seed_ptr, do, lse, delta, dk, dv, *common)

@@ -79,12 +79,16 @@ def apply_score_masks(
     its rows past the end are never stored, and their zero-filled inputs contribute nothing).
     """
     valid = (rows < L) & (cols < S)
-    if MASK_KIND == 1:
-        keep = tl.load(Mask_head + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=valid, other=0)
-        s = tl.where(keep != 0, s, float("-inf"))
-    elif MASK_KIND == 2:
-        bias = tl.load(Mask_head + rows.to(tl.int64) * smm + cols.to(tl.int64) * smn, mask=valid, other=0.0)
-        s = s + bias.to(tl.float32) * LOG2E_K
+    if MASK_KIND != 0:
+        r, c = rows, cols
+        if MASK_KIND > 2:  # a mask spanning >= 2^31 elements per head: 64-bit offsets (see mask_kind)
+            r, c = rows.to(tl.int64), cols.to(tl.int64)
+        if MASK_KIND % 2 == 1:
+            keep = tl.load(Mask_head + r * smm + c * smn, mask=valid, other=0)
+            s = tl.where(keep != 0, s, float("-inf"))
+        else:
+            bias = tl.load(Mask_head + r * smm + c * smn, mask=valid, other=0.0)
+            s = s + bias.to(tl.float32) * LOG2E_K
     if ON_DIAGONAL:
         s = tl.where(rows >= cols, s, float("-inf"))
     if CHECK_BOUNDS:
@@ -203,12 +207,35 @@ def dot_precision(dtype):
 
 
 MASK_NONE, MASK_BOOL, MASK_FLOAT = 0, 1, 2
+MASK_WIDE = 2  # added to the kind: 64-bit mask offsets
+INT32_SPAN = 2**31
 
 
-def mask_kind(mask):
+def _head_span(t):
+    """The largest element offset within one [rows, cols] head of a [..., rows, cols] view."""
+    return sum((n - 1) * abs(st) for n, st in zip(t.shape[-2:], t.stride()[-2:]) if n > 0)
+
+
+def mask_kind(mask, L=0, S=0):
+    """0: no mask; 1 / 2: bool / float; + MASK_WIDE where a head's mask offsets (or the [L, S] mask gradient's)
+    reach 2^31 elements: only those kernels index it in 64 bits, which costs registers in the hot loop."""
     if mask is None:
         return MASK_NONE
-    return MASK_BOOL if mask.dtype == torch.bool else MASK_FLOAT
+    kind = MASK_BOOL if mask.dtype == torch.bool else MASK_FLOAT
+    return kind + MASK_WIDE if max(_head_span(mask), L * S) >= INT32_SPAN else kind
+
+
+def within_int32_rows(t):
+    """t [B, H, rows, cols] whose rows the kernels can address in 32 bits: a head's row offsets are int32, as
+    64-bit ones cost registers (measured on sm90, bf16 D=128 forward: 205 -> 255 registers and a spill). A view
+    whose rows lie further apart (one head of a [B, L, 64 heads x 128] buffer at L = 256K) is copied contiguous."""
+    if _head_span(t) < INT32_SPAN:
+        return t
+    t = t.contiguous()
+    if _head_span(t) >= INT32_SPAN:
+        raise ValueError(f"seqops.attention: one head of shape {tuple(t.shape[-2:])} has 2^31 elements or more, "
+                         "more than the kernels index")
+    return t
 
 
 def mask_args(mask, like):

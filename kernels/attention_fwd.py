@@ -32,6 +32,7 @@ from .attention_common import (
     padded_head_dims,
     prune_by_shared_memory,
     tile_and_head,
+    within_int32_rows,
 )
 
 
@@ -52,7 +53,7 @@ def _fwd_key_blocks(
         if USE_TMA:  # rows past S and columns past E come back as zeros
             kt = tl.trans(K_head.load([start_n, 0]))
         else:
-            kt = load_tile(K_head + offs_n[None, :].to(tl.int64) * skn + offs_d[:, None] * skd,
+            kt = load_tile(K_head + offs_n[None, :] * skn + offs_d[:, None] * skd,
                            in_keys[None, :], offs_d[:, None] < E, CHECK_BOUNDS, PAD_D)  # [BLOCK_D, BLOCK_N]
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale                       # [BLOCK_M, BLOCK_N]
         s = apply_score_masks(s, offs_m[:, None], offs_n[None, :], Mask_head, smm, smn, L, S,
@@ -71,7 +72,7 @@ def _fwd_key_blocks(
         if USE_TMA:
             v = V_head.load([start_n, 0])
         else:
-            v = load_tile(V_head + offs_n[:, None].to(tl.int64) * svn + offs_dv[None, :] * svd,
+            v = load_tile(V_head + offs_n[:, None] * svn + offs_dv[None, :] * svd,
                           in_keys[:, None], offs_dv[None, :] < EV, CHECK_BOUNDS, PAD_D)  # [BLOCK_N, BLOCK_DV]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
         m_i = m_new
@@ -100,7 +101,7 @@ def attention_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
 
-    q = tl.load(Q + off_b * sqb + off_h * sqh + offs_m[:, None].to(tl.int64) * sqm + offs_d[None, :] * sqd,
+    q = tl.load(Q + off_b * sqb + off_h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=(offs_m[:, None] < L) & (offs_d[None, :] < E), other=0.0)          # [BLOCK_M, BLOCK_D]
     K_head = K + off_b * skb + off_hkv * skh
     V_head = V + off_b * svb + off_hkv * svh
@@ -147,7 +148,7 @@ def attention_fwd_kernel(
         inv_l = inv_l * drop_scale
     out = acc * inv_l[:, None]
     in_rows = offs_m < L
-    tl.store(Out + off_b * sob + off_h * soh + offs_m[:, None].to(tl.int64) * som + offs_dv[None, :] * sod,
+    tl.store(Out + off_b * sob + off_h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
              out.to(Out.dtype.element_ty), mask=in_rows[:, None] & (offs_dv[None, :] < EV))
     lse = tl.where(has_mass, (m_i + tl.log2(l_safe)) * LN2_K, float("-inf"))
     tl.store(Lse + bh.to(tl.int64) * L + offs_m, lse, mask=in_rows)
@@ -169,6 +170,7 @@ _fwd_default = triton.autotune(
 # seed: [1] int64 on q's device (used when dropout_p > 0)
 # -> (out [B, H, L, EV] in q.dtype, lse [B, H, L] fp32)
 def attention_forward(q, k, v, mask, scale, is_causal, dropout_p, seed):
+    q, k, v = (within_int32_rows(t) for t in (q, k, v))
     B, H, L, E = q.shape
     Hkv, S, EV = k.shape[1], k.shape[2], v.shape[3]
     out = torch.empty((B, H, L, EV), device=q.device, dtype=q.dtype)
@@ -185,7 +187,7 @@ def attention_forward(q, k, v, mask, scale, is_causal, dropout_p, seed):
         0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p),
     )
     meta = dict(
-        MASK_KIND=mask_kind(mask), IS_CAUSAL=bool(is_causal), HAS_DROPOUT=has_dropout,
+        MASK_KIND=mask_kind(mask, L, S), IS_CAUSAL=bool(is_causal), HAS_DROPOUT=has_dropout,
         PRECISION=dot_precision(q.dtype), PAD_D=padded_head_dims(E, EV),
         BLOCK_D=next_pow2_at_least_16(E), BLOCK_DV=next_pow2_at_least_16(EV),
     )

@@ -332,3 +332,38 @@ def test_config_pruning_counts_the_mask_tile_and_keeps_fp32_tiles_small(monkeypa
         assert kept and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= ac.FP32_MAX_TILE for c in kept)
         assert all(ac._smem_bytes(c.kwargs[resident], c.kwargs[streamed], 256, 256, c.num_stages, 4, 4)
                    <= ac.SMEM_SM90 for c in kept)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
+def test_wide_mask_offsets_in_the_interpreter(monkeypatch, mask_dtype):
+    # A mask spanning >= 2^31 elements per head runs kernels with 64-bit mask offsets (and DMask stores). The
+    # threshold is lowered so a small case takes that path: the same results, forward and every gradient.
+    from seqops.kernels import attention_common as ac
+
+    monkeypatch.setattr(ac, "INT32_SPAN", 280)  # a [17, 17] mask spans 288; the [17, 16] heads 271
+    q, k, v = make_qkv((1, 2, 17, 16), (1, 2, 17, 16), (1, 2, 17, 16))
+    if mask_dtype == torch.bool:
+        mask = torch.rand(17, 17) > 0.3
+        mask[:, 0] = True  # no fully masked row
+    else:
+        mask = torch.randn(17, 17, requires_grad=True)
+    assert ac.mask_kind(mask.expand(1, 2, 17, 17), 17, 17) > ac.MASK_WIDE
+    _check_fp32(q, k, v, attn_mask=mask)
+
+
+def test_rows_past_int32_offsets_are_copied_contiguous_or_refused(monkeypatch):
+    from seqops.kernels import attention_common as ac
+
+    monkeypatch.setattr(ac, "INT32_SPAN", 280)
+    wide_rows = torch.randn(17, 64)[:, :16].view(1, 1, 17, 16)  # rows 64 apart: spans 1039
+    narrowed = ac.within_int32_rows(wide_rows)
+    assert narrowed.is_contiguous() and torch.equal(narrowed, wide_rows)
+    small = torch.randn(1, 1, 17, 16)
+    assert ac.within_int32_rows(small) is small
+    with pytest.raises(ValueError, match="2\\^31 elements"):
+        ac.within_int32_rows(torch.randn(1, 1, 18, 16))  # 17 * 16 + 15 = 287 >= 280 even contiguous
+    # And through the op: the strided keys give the same results as contiguous ones.
+    q = torch.randn(1, 1, 9, 16, requires_grad=True)
+    k = torch.randn(17, 64)[:, :16].view(1, 1, 17, 16).requires_grad_()
+    v = torch.randn(17, 64)[:, :16].view(1, 1, 17, 16).requires_grad_()
+    _check_fp32(q, k, v)
