@@ -5,8 +5,9 @@ import torch
 from seqops import reference
 
 
-def make_qkv(shape_q, shape_k, shape_v, dtype=torch.float32, device="cpu", requires_grad=True):
-    # Random normal inputs (never zeros); scaled so softmax is neither flat nor one-hot.
+def make_qkv(shape_q, shape_k, shape_v, dtype=torch.float32, device=None, requires_grad=True):
+    # Random normal inputs (never zeros); scaled so softmax is neither flat nor one-hot. device None: the default
+    # device (the attention test modules set it per test, see their `device` fixture).
     return [torch.randn(s, dtype=dtype, device=device).requires_grad_(requires_grad)
             for s in (shape_q, shape_k, shape_v)]
 

@@ -1,7 +1,8 @@
 """seqops.attention: forward and every gradient vs the float64 reference and F.scaled_dot_product_attention.
 
 On a machine without CUDA, tests/conftest.py sets TRITON_INTERPRET=1, so these run the Triton kernels in the
-interpreter on CPU tensors (the whole public path, backward included). Shapes are small: the interpreter runs
+interpreter on CPU tensors (the whole public path, backward included). On a GPU machine every test runs again
+on CUDA tensors (the `device` fixture), against the compiled kernels. Shapes are small: the interpreter runs
 programs one by one.
 """
 
@@ -13,6 +14,15 @@ from attention_checks import assert_close_fp32_grad, assert_flash_rule, float64_
 import seqops
 from seqops import reference
 from seqops.ops.attention import attention, attention_with_lse
+
+
+@pytest.fixture(autouse=True, params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request):
+    """Every test runs on CPU tensors (the Triton interpreter where no GPU is visible) and, on a GPU machine,
+    again on CUDA tensors: the same suite against the compiled kernels. Tensors a test makes without naming a
+    device land on this one."""
+    with torch.device(request.param):
+        yield request.param
 
 
 def _check_fp32(q, k, v, **kwargs):
@@ -281,11 +291,11 @@ def test_tma_path_in_the_interpreter(monkeypatch, is_causal):
     _check_fp32(q3, k3, v3, is_causal=is_causal)
 
 
-def test_autocast_runs_in_the_autocast_dtype_like_sdpa():
+def test_autocast_runs_in_the_autocast_dtype_like_sdpa(device):
     q, k, v = make_qkv((1, 2, 17, 16), (1, 2, 21, 16), (1, 2, 21, 16), requires_grad=False)
     mask = torch.randn(17, 21)
     # CPU autocast's dtype is bf16, which the interpreter computes wrongly: fp16 here, bf16 on the GPU suite.
-    with torch.autocast("cpu", dtype=torch.float16):
+    with torch.autocast(device, dtype=torch.float16):
         out = attention(q, k, v, attn_mask=mask)
         theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert out.dtype == theirs.dtype == torch.float16
