@@ -12,6 +12,15 @@ def pytest_configure(config):
         os.environ["TRITON_INTERPRET"] = "1"
 
 
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def each_device(request):
+    """A module's tests on CPU tensors (the Triton interpreter where no GPU is visible) and, on a GPU machine,
+    again on CUDA tensors, against the compiled kernels: tensors a test makes without naming a device land on
+    this one. Use with pytestmark = pytest.mark.usefixtures("each_device")."""
+    with torch.device(request.param):
+        yield request.param
+
+
 def devices():
     """Devices to parametrize over: CPU always, CUDA as a gpu-marked param."""
     return ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

@@ -15,14 +15,8 @@ import seqops
 from seqops import reference
 from seqops.ops.attention import attention, attention_with_lse
 
-
-@pytest.fixture(autouse=True, params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def device(request):
-    """Every test runs on CPU tensors (the Triton interpreter where no GPU is visible) and, on a GPU machine,
-    again on CUDA tensors: the same suite against the compiled kernels. Tensors a test makes without naming a
-    device land on this one."""
-    with torch.device(request.param):
-        yield request.param
+# Each test on CPU tensors and, on a GPU machine, again on CUDA tensors (conftest.each_device).
+pytestmark = pytest.mark.usefixtures("each_device")
 
 
 def _check_fp32(q, k, v, **kwargs):
@@ -291,11 +285,11 @@ def test_tma_path_in_the_interpreter(monkeypatch, is_causal):
     _check_fp32(q3, k3, v3, is_causal=is_causal)
 
 
-def test_autocast_runs_in_the_autocast_dtype_like_sdpa(device):
+def test_autocast_runs_in_the_autocast_dtype_like_sdpa(each_device):
     q, k, v = make_qkv((1, 2, 17, 16), (1, 2, 21, 16), (1, 2, 21, 16), requires_grad=False)
     mask = torch.randn(17, 21)
     # CPU autocast's dtype is bf16, which the interpreter computes wrongly: fp16 here, bf16 on the GPU suite.
-    with torch.autocast(device, dtype=torch.float16):
+    with torch.autocast(each_device, dtype=torch.float16):
         out = attention(q, k, v, attn_mask=mask)
         theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert out.dtype == theirs.dtype == torch.float16

@@ -8,14 +8,8 @@ from attention_checks import assert_close_fp32_grad, float64_oracle, make_qkv
 
 from seqops.ops.attention import _draw_seed, attention, attention_dropout_mask
 
-
-@pytest.fixture(autouse=True, params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def device(request):
-    """Every test runs on CPU tensors (the Triton interpreter where no GPU is visible) and, on a GPU machine,
-    again on CUDA tensors: the same suite against the compiled kernels. Tensors a test makes without naming a
-    device land on this one."""
-    with torch.device(request.param):
-        yield request.param
+# Each test on CPU tensors and, on a GPU machine, again on CUDA tensors (conftest.each_device).
+pytestmark = pytest.mark.usefixtures("each_device")
 
 
 def test_reproducible_under_manual_seed_and_different_across_draws():
