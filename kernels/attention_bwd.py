@@ -311,6 +311,7 @@ _dq_sm90, _dq_default = _autotuned(
 # -> (dq, dk, dv) contiguous in the input dtypes, and dmask [B, H, L, S] fp32 (or None).
 def attention_backward(do, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed, need_dmask, dlse=None):
     do, q, k, v, out = (within_int32_rows(t) for t in (do, q, k, v, out))
+    lse = lse.contiguous()  # indexed as [B*H, L] rows; the op's own lse is already
     B, H, L, E = q.shape
     Hkv, S, EV = k.shape[1], k.shape[2], v.shape[3]
     dq = torch.empty((B, H, L, E), device=q.device, dtype=q.dtype)

@@ -198,8 +198,8 @@ def _sdpa_pair(q, k, v, **kwargs):
 
 
 def test_key_offsets_past_2_31_elements():
-    # K/V rows 8192 elements apart (a [S, 64 heads x 128] buffer, one head used) and S = 2^18: offs_n * stride
-    # passes 2^31, which wrapped in int32 address arithmetic. Forward and every gradient.
+    # K/V rows 8192 elements apart (a [S, 64 heads x 128] buffer, one head used) and S = 2^18: a head spans
+    # 2^31 elements, past the kernels' 32-bit row offsets; the launcher copies such views contiguous.
     S, row = 1 << 18, 64 * 128
     k_buf = torch.randn(S, row, device="cuda", dtype=torch.bfloat16)
     v_buf = torch.randn(S, row, device="cuda", dtype=torch.bfloat16)
