@@ -222,7 +222,10 @@ def test_no_grad_and_inference_mode_give_the_training_forward_values(mode, conte
         actual = ours(x)
     for a, e in zip(torch.utils._pytree.tree_leaves(actual), torch.utils._pytree.tree_leaves(expected)):
         assert not a.requires_grad
-        torch.testing.assert_close(a, e)
+        if mode == "LSTM":
+            torch.testing.assert_close(a, e)
+        else:  # the same kernels with and without grad
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
 
 
 _WEIGHT_LAYOUTS = [{}, {"bias": False}, {"num_layers": 3, "bidirectional": True},

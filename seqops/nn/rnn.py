@@ -39,11 +39,11 @@ class _SeqopsRNNBase(nn.RNNBase):
         if dtype is not None:
             input, hx = cast(input, dtype), cast(hx, dtype)
         self._check_args(input, hx)  # also brings _flat_weights up to date, as torch.nn's forward does
+        if dtype is None and self._onednn_lstm_stack_applies(input, hx):
+            return self._onednn_lstm_stack(input, hx)
         weights = weights_from_flat(self)
         if dtype is not None:
             weights = [cast(w, dtype) for w in weights]
-        if dtype is None and self._onednn_lstm_stack_applies(input, hx):
-            return self._onednn_lstm_stack(input, hx)
         with autocast_off(device_type, dtype):
             return rnn_stack(
                 self.mode,
