@@ -53,7 +53,10 @@ def _git(*args):
 
 @lru_cache(maxsize=1)
 def git_commit():
-    """Short commit hash, '+dirty' when tracked files differ from it; 'uncommitted' before any commit."""
+    """Short commit hash, '+dirty' when tracked files differ from it; 'uncommitted' before any commit.
+    SEQOPS_COMMIT names it where the tree is a copy without .git (the GPU machine: .ci/gpu-session)."""
+    if os.environ.get("SEQOPS_COMMIT"):
+        return os.environ["SEQOPS_COMMIT"]
     commit = _git("rev-parse", "--short=12", "HEAD")
     if commit is None:
         return "uncommitted"

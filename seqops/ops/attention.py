@@ -5,7 +5,8 @@ view): ``seqops::attention_fwd`` -> (out, lse) and ``seqops::attention_bwd``. Th
 broadcast leading dims and the mask by stride-0 views, and draw the dropout seed from torch's generator of the
 device (so ``torch.manual_seed`` reproduces a dropout draw, and the backward regenerates the same mask).
 
-Routing: CUDA tensors run the Triton kernels; CPU tensors run the reference, except when
+Routing: CUDA tensors run the Triton kernels; CPU tensors run PyTorch's CPU flash-attention kernels where
+they compute the same function and the reference elsewhere (attention_cpu.py), except when
 ``TRITON_INTERPRET=1`` was set before import, when they run the Triton kernels in the interpreter. float64 and
 head dims above 256 run the reference everywhere.
 """
@@ -16,6 +17,7 @@ import os
 import torch
 from torch import Tensor
 
+from seqops.ops import attention_cpu
 from seqops.ops._autograd import double_backward_through
 from seqops.reference.attention import attention_with_lse as reference_attention_with_lse
 
@@ -61,7 +63,7 @@ def attention_dropout_mask(seed, B, H, L, S, dropout_p):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The reference path of the ops (CPU without the interpreter, float64, head dims > 256).
+# The reference path of the ops: CPU cases that attention_cpu does not take, float64, head dims > 256.
 
 
 def _lse_dtype(dtype):
@@ -129,6 +131,8 @@ def attention_fwd(
         from seqops.kernels.attention_fwd import attention_forward
 
         return attention_forward(q, k, v, mask, scale, is_causal, dropout_p, seed)
+    if attention_cpu.applies(q, v, mask, dropout_p):
+        return attention_cpu.forward(q, k, v, mask, scale, is_causal)
     return _reference_forward(q, k, v, mask, seed, scale, is_causal, dropout_p)
 
 
@@ -152,6 +156,9 @@ def attention_bwd(
         dq, dk, dv, dmask = attention_backward(
             dout, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed, need_dmask, dlse=dlse
         )
+    elif attention_cpu.backward_applies(q, v, mask, dropout_p, dlse, need_dmask):
+        dq, dk, dv = attention_cpu.backward(dout, q, k, v, mask, out, lse, scale, is_causal)
+        dmask = None
     else:
         dq, dk, dv, dmask = _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_causal,
                                                 dropout_p)
@@ -174,6 +181,9 @@ def _setup_context(ctx, inputs, output):
     q, k, v, mask, seed, scale, is_causal, dropout_p = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, mask, seed, out, lse)
+    # An unused lse keeps a None gradient instead of a zeros tensor: the backward then skips its term (and the
+    # CPU kernel, which has none, can take the call).
+    ctx.set_materialize_grads(False)
     ctx.scale, ctx.is_causal, ctx.dropout_p = scale, is_causal, dropout_p
 
 

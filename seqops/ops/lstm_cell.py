@@ -4,7 +4,7 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import call_op, double_backward_through, workspace_outputs, zeros_if_none
+from seqops.ops._autograd import call_op, double_backward_through, register_autograd, workspace_outputs, zeros_if_none
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
 
 _ops = torch.ops.seqops
@@ -46,7 +46,7 @@ def _backward(ctx, grad_h1, grad_c1, _grad_gates):
             grad_bias if b_ih is not None else None, grad_bias if b_hh is not None else None)
 
 
-torch.library.register_autograd("seqops::lstm_cell_forward", _backward, setup_context=_setup_context)
+register_autograd("lstm_cell_forward", _backward, setup_context=_setup_context)
 
 
 @with_autocast

@@ -4,7 +4,7 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import call_op, double_backward_through
+from seqops.ops._autograd import call_op, double_backward_through, register_autograd
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
 
 _ops = torch.ops.seqops
@@ -41,7 +41,7 @@ def _backward(ctx, grad_h1):
             grad_bias if b_ih is not None else None, grad_bias if b_hh is not None else None, None)
 
 
-torch.library.register_autograd("seqops::rnn_cell_forward", _backward, setup_context=_setup_context)
+register_autograd("rnn_cell_forward", _backward, setup_context=_setup_context)
 
 
 def _rnn_cell(name, relu, input, hx, w_ih, w_hh, b_ih, b_hh):

@@ -11,7 +11,7 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import call_op, double_backward_through, zeros_if_none
+from seqops.ops._autograd import call_op, double_backward_through, register_autograd, zeros_if_none
 from seqops.ops._autograd import workspace_outputs as _workspace
 
 _ops = torch.ops.seqops
@@ -109,7 +109,7 @@ def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, *_saved_grads):
             grad_w_hr if w_hr is not None else None, None)
 
 
-torch.library.register_autograd("seqops::lstm_layer_forward", _lstm_backward, setup_context=_lstm_setup)
+register_autograd("lstm_layer_forward", _lstm_backward, setup_context=_lstm_setup)
 
 
 # ---- GRU ----
@@ -133,7 +133,7 @@ def _gru_backward(ctx, grad_out, grad_h_n, *_saved_grads):
     return (grad_input, None, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(grad_b_ih, grad_b_hh, b_ih, b_hh), None)
 
 
-torch.library.register_autograd("seqops::gru_layer_forward", _gru_backward, setup_context=_gru_setup)
+register_autograd("gru_layer_forward", _gru_backward, setup_context=_gru_setup)
 
 
 # ---- vanilla RNN ----
@@ -158,7 +158,7 @@ def _rnn_backward(ctx, grad_out, grad_h_n):
             None, None)
 
 
-torch.library.register_autograd("seqops::rnn_layer_forward", _rnn_backward, setup_context=_rnn_setup)
+register_autograd("rnn_layer_forward", _rnn_backward, setup_context=_rnn_setup)
 
 
 # LSTM inference on the CPU: oneDNN's fused LSTM (torch's own CPU backend, through aten::lstm) runs the

@@ -1,0 +1,88 @@
+"""The CPU path of seqops' attention ops (no GPU, no Triton interpreter): PyTorch's own CPU flash-attention
+kernels (the ones SDPA picks on the CPU) wherever they compute the same function, the reference elsewhere.
+
+The reference materialises the [B, H, L, S] scores in fp32 and measured 2.3-3.5x slower than SDPA's CPU flash
+kernel at B=2, H=4, L=S=128-512, D=64 (fp32, 2-core AMD EPYC), so a laptop user swapping SDPA for
+seqops.attention lost that. What the CPU kernel cannot take stays on the reference: dropout (seqops draws its
+own reproducible keep-mask), a value head dim other than the query's, float64 (the exact oracle of gradcheck),
+a float mask of another dtype than the query's, a gradient for the mask or for the lse.
+
+Two conventions differ and are mapped here: the kernel takes masks as an additive float in the query dtype (a
+bool mask is converted once, on its compact, un-broadcast shape), and it reports lse 0 for a fully masked row
+where seqops reports -inf (its backward wants its own convention back).
+"""
+
+import torch
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def applies(q, v, mask, dropout_p):
+    """q [B, H, L, E], v [B, Hkv, S, Ev], mask [B, H, L, S] view or None."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype in _DTYPES
+        and dropout_p == 0.0
+        and q.shape[-1] == v.shape[-1]
+        and (mask is None or mask.dtype in (torch.bool, q.dtype))
+    )
+
+
+def backward_applies(q, v, mask, dropout_p, dlse, need_dmask):
+    return applies(q, v, mask, dropout_p) and dlse is None and not need_dmask
+
+
+def _compact(mask):
+    # The stored values under a broadcast view: every stride-0 dim narrowed to 1 ([1, 1, L, S] for a mask
+    # shared by batch and heads), so a conversion touches no more than the caller's own tensor.
+    for dim in range(mask.dim()):
+        if mask.stride(dim) == 0 and mask.shape[dim] > 1:
+            mask = mask.narrow(dim, 0, 1)
+    return mask
+
+
+def _additive(mask, dtype):
+    # -> (float mask in dtype, broadcast back to the view's shape, or None; [b, h, L] True where a row of the
+    # compact mask admits no key, or None)
+    if mask is None:
+        return None, None
+    compact = _compact(mask)
+    if mask.dtype == torch.bool:
+        additive = torch.zeros(compact.shape, dtype=dtype).masked_fill_(~compact, float("-inf"))
+        blocked = ~compact.any(-1)
+    else:
+        additive = compact
+        blocked = torch.isneginf(compact).all(-1)
+    return additive.expand(mask.shape), blocked
+
+
+def _repeat_heads(t, group):
+    # GQA: the kernel wants as many key/value heads as query heads
+    return t if group == 1 else t.repeat_interleave(group, dim=1)
+
+
+def forward(q, k, v, mask, scale, is_causal):
+    """-> out [B, H, L, Ev] contiguous (q.dtype), lse [B, H, L] fp32, natural log, -inf for a fully masked row."""
+    group = q.shape[1] // k.shape[1]
+    additive, blocked = _additive(mask, q.dtype)
+    out, lse = _flash(q, _repeat_heads(k, group), _repeat_heads(v, group), 0.0, is_causal, attn_mask=additive,
+                      scale=scale)
+    if blocked is not None:
+        lse = lse.masked_fill(blocked.expand(lse.shape), float("-inf"))
+    return out.contiguous(), lse.float().contiguous()
+
+
+def backward(dout, q, k, v, mask, out, lse, scale, is_causal):
+    """-> dq [B, H, L, E], dk [B, Hkv, S, E], dv [B, Hkv, S, Ev], each in its input's dtype."""
+    Hkv = k.shape[1]
+    group = q.shape[1] // Hkv
+    additive, _ = _additive(mask, q.dtype)
+    lse_kernel = lse.masked_fill(torch.isneginf(lse), 0.0)  # the kernel's convention for fully masked rows
+    dq, dk, dv = _flash_backward(dout, q, _repeat_heads(k, group), _repeat_heads(v, group), out, lse_kernel, 0.0,
+                                 is_causal, attn_mask=additive, scale=scale)
+    if group > 1:  # each key/value head served `group` query heads
+        dk = dk.unflatten(1, (Hkv, group)).sum(2)
+        dv = dv.unflatten(1, (Hkv, group)).sum(2)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()  # the layout the op's fake kernel declares

@@ -1,0 +1,216 @@
+"""seqops.attention on CPU tensors without the Triton interpreter (what a user without a GPU runs): PyTorch's CPU
+flash kernels where they compute the same function (seqops.ops.attention_cpu), the reference elsewhere. Against
+the float64 oracle and F.scaled_dot_product_attention, forward and every gradient, and that the fast route is
+the one taken."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from attention_checks import assert_close_fp32_grad, float64_oracle, make_qkv, max_err
+
+import seqops
+from seqops.ops import attention as attention_module
+from seqops.ops import attention_cpu
+
+
+@pytest.fixture(autouse=True)
+def _cpu_path(monkeypatch):
+    # tests/conftest.py turns the interpreter on for the rest of the suite; here CPU tensors take the CPU path
+    monkeypatch.setattr(attention_module, "_INTERPRET", False)
+
+
+@pytest.fixture
+def flash_calls(monkeypatch):
+    """Counts the CPU flash kernel's forward and backward calls."""
+    calls = {"fwd": 0, "bwd": 0}
+    fwd, bwd = attention_cpu._flash, attention_cpu._flash_backward
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(attention_cpu, "_flash", counted("fwd", fwd))
+    monkeypatch.setattr(attention_cpu, "_flash_backward", counted("bwd", bwd))
+    return calls
+
+
+def _check_against_oracle(q, k, v, **kwargs):
+    out = seqops.attention(q, k, v, **kwargs)
+    grad = torch.randn_like(out)
+    wanted = [q, k, v] + ([kwargs["attn_mask"]] if getattr(kwargs.get("attn_mask"), "requires_grad", False) else [])
+    grads = torch.autograd.grad(out, wanted, grad)
+    ref_out, ref_grads = float64_oracle(q, k, v, grad, **kwargs)
+    torch.testing.assert_close(out, ref_out.float())
+    for name, a, b in zip(("dq", "dk", "dv", "dmask"), grads, ref_grads):
+        assert_close_fp32_grad(a, b, name)
+    theirs = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    torch.testing.assert_close(out, theirs)
+    return out
+
+
+MASKS = {
+    "none": lambda B, H, L, S: None,
+    "key_padding_bool": lambda B, H, L, S: torch.rand(B, 1, 1, S) > 0.3,
+    "full_bool": lambda B, H, L, S: torch.rand(B, H, L, S) > 0.4,
+    "shared_float": lambda B, H, L, S: torch.randn(L, S),
+    "batch_float": lambda B, H, L, S: torch.randn(B, 1, L, S),
+}
+
+
+@pytest.mark.parametrize("mask", list(MASKS))
+@pytest.mark.parametrize("L,S", [(1, 1), (17, 17), (97, 130), (130, 33)])
+def test_masks_and_lengths_take_the_cpu_kernel(flash_calls, mask, L, S):
+    B, H, E = 2, 3, 16
+    q, k, v = make_qkv((B, H, L, E), (B, H, S, E), (B, H, S, E))
+    m = MASKS[mask](B, H, L, S)
+    if m is not None and m.dtype == torch.bool:
+        m[..., 0] = True  # every row keeps a key: SDPA's fully-masked rows are tested on their own below
+    _check_against_oracle(q, k, v, attn_mask=m)
+    assert flash_calls == {"fwd": 1, "bwd": 1}
+
+
+@pytest.mark.parametrize("L,S", [(33, 33), (17, 40), (40, 17)])
+def test_causal_is_upper_left_aligned(flash_calls, L, S):
+    q, k, v = make_qkv((2, 2, L, 32), (2, 2, S, 32), (2, 2, S, 32))
+    _check_against_oracle(q, k, v, is_causal=True)
+    assert flash_calls == {"fwd": 1, "bwd": 1}
+
+
+@pytest.mark.parametrize("E", [1, 16, 40, 80, 128, 256, 300])
+def test_head_dims(flash_calls, E):
+    q, k, v = make_qkv((1, 2, 19, E), (1, 2, 23, E), (1, 2, 23, E))
+    _check_against_oracle(q, k, v, scale=0.7 / math.sqrt(E))
+    assert flash_calls == {"fwd": 1, "bwd": 1}
+
+
+def test_grouped_query_attention(flash_calls):
+    q, k, v = make_qkv((2, 6, 21, 16), (2, 2, 27, 16), (2, 2, 27, 16))
+    _check_against_oracle(q, k, v, enable_gqa=True, is_causal=True)
+    assert flash_calls == {"fwd": 1, "bwd": 1}
+
+
+def test_non_contiguous_and_broadcast_inputs(flash_calls):
+    # [B, L, H, E] memory viewed as [B, H, L, E] (the usual projection layout), keys shared across the batch
+    q = torch.randn(2, 13, 4, 16).transpose(1, 2).requires_grad_()
+    k = torch.randn(1, 4, 11, 16).requires_grad_()
+    v = torch.randn(1, 4, 11, 16).requires_grad_()
+    out = _check_against_oracle(q, k, v)
+    assert out.shape == (2, 4, 13, 16)
+    assert flash_calls == {"fwd": 1, "bwd": 1}
+
+
+def test_fully_masked_rows_behave_as_sdpa_and_report_lse_minus_inf(flash_calls):
+    q, k, v = make_qkv((1, 2, 5, 8), (1, 2, 6, 8), (1, 2, 6, 8))
+    mask = torch.rand(1, 1, 5, 6) > 0.3
+    mask[..., 0] = True
+    mask[..., 2, :] = False  # row 2 sees no key
+    out, lse = seqops.attention_with_lse(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert torch.equal(out[..., 2, :], torch.zeros_like(out[..., 2, :]))
+    assert torch.isneginf(lse[..., 2]).all() and torch.isfinite(lse[..., [0, 1, 3, 4]]).all()
+    grads = torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert torch.equal(grads[0][..., 2, :], torch.zeros_like(grads[0][..., 2, :]))
+    # a float mask of -inf over a whole row is the same case
+    fmask = torch.zeros(5, 6).masked_fill(~mask[0, 0], float("-inf"))
+    fout, flse = seqops.attention_with_lse(q, k, v, attn_mask=fmask)
+    torch.testing.assert_close(fout, out)
+    assert torch.equal(torch.isneginf(flse), torch.isneginf(lse))
+    assert flash_calls == {"fwd": 2, "bwd": 1}
+
+
+def test_lse_matches_the_reference():
+    q, k, v = make_qkv((2, 3, 9, 16), (2, 3, 12, 16), (2, 3, 12, 16), requires_grad=False)
+    mask = torch.randn(2, 1, 9, 12)
+    _, lse = seqops.attention_with_lse(q, k, v, attn_mask=mask, scale=0.4)
+    _, ref = seqops.reference.attention_with_lse(q.double(), k.double(), v.double(), mask.double(), 0.0, False,
+                                                 0.4)
+    torch.testing.assert_close(lse, ref.float())
+
+
+def test_what_the_cpu_kernel_cannot_take_runs_the_reference(flash_calls):
+    # a gradient through the lse, a float mask that needs a gradient, a value head dim other than E, a float32
+    # mask for a bf16 query: the forward may take the kernel, the backward goes to the reference formulas
+    q, k, v = make_qkv((1, 2, 7, 8), (1, 2, 9, 8), (1, 2, 9, 8))
+    out, lse = seqops.attention_with_lse(q, k, v)
+    (out.sum() + lse.sum()).backward()
+    ref_leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref_out, ref_lse = seqops.reference.attention_with_lse(*ref_leaves, None, 0.0, False, None)
+    (ref_out.sum() + ref_lse.sum()).backward()
+    for a, b in zip((q, k, v), ref_leaves):
+        assert_close_fp32_grad(a.grad, b.grad)
+    assert flash_calls == {"fwd": 1, "bwd": 0}
+
+    mask = torch.randn(7, 9, requires_grad=True)
+    q.grad = None
+    _check_against_oracle(q, k, v, attn_mask=mask)
+    assert flash_calls == {"fwd": 2, "bwd": 0}
+
+    q2, k2, v2 = make_qkv((1, 2, 7, 8), (1, 2, 9, 8), (1, 2, 9, 5))
+    _check_against_oracle(q2, k2, v2)
+    assert flash_calls == {"fwd": 2, "bwd": 0}
+
+    qb, kb, vb = (t.detach().bfloat16() for t in (q, k, v))
+    out = seqops.attention(qb, kb, vb, attn_mask=torch.randn(7, 9))
+    assert out.dtype == torch.bfloat16 and flash_calls["fwd"] == 2
+
+
+def test_dropout_stays_reproducible(flash_calls):
+    q, k, v = make_qkv((2, 2, 16, 8), (2, 2, 16, 8), (2, 2, 16, 8), requires_grad=False)
+    torch.manual_seed(5)
+    first = seqops.attention(q, k, v, dropout_p=0.3)
+    torch.manual_seed(5)
+    assert torch.equal(first, seqops.attention(q, k, v, dropout_p=0.3))
+    assert flash_calls["fwd"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_error_rule(flash_calls, dtype):
+    # The CPU kernel is SDPA's own, so our error vs the fp64 oracle is SDPA's: the rule holds with room to spare.
+    q, k, v = make_qkv((2, 4, 64, 32), (2, 4, 80, 32), (2, 4, 80, 32), dtype=dtype)
+    mask = torch.rand(2, 1, 1, 80) > 0.2
+    mask[..., 0] = True
+    out = seqops.attention(q, k, v, attn_mask=mask)
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    their_grads = torch.autograd.grad(theirs, (q, k, v), grad)
+    ref_out, ref_grads = float64_oracle(q, k, v, grad, attn_mask=mask)
+    for ours, pt, exact, name in zip((out, *grads), (theirs, *their_grads), (ref_out, *ref_grads),
+                                     ("out", "dq", "dk", "dv")):
+        assert max_err(ours, exact) <= 2 * max_err(pt, exact) + torch.finfo(dtype).eps * exact.abs().max(), name
+    assert flash_calls == {"fwd": 1, "bwd": 1}
+
+
+def test_nan_propagates_like_sdpa():
+    q, k, v = make_qkv((1, 1, 4, 8), (1, 1, 5, 8), (1, 1, 5, 8), requires_grad=False)
+    q[0, 0, 1, 3] = float("nan")
+    k2 = k.clone()
+    k2[0, 0, 2, 0] = float("inf")
+    for args in ((q, k, v), (q.nan_to_num(), k2, v)):
+        ours, theirs = seqops.attention(*args), F.scaled_dot_product_attention(*args)
+        assert torch.equal(torch.isnan(ours), torch.isnan(theirs))
+        torch.testing.assert_close(ours.nan_to_num(), theirs.nan_to_num())
+
+
+def test_opcheck_and_compile_on_the_cpu_kernel():
+    q, k, v = make_qkv((1, 2, 9, 16), (1, 2, 11, 16), (1, 2, 11, 16))
+    mask = (torch.rand(1, 1, 9, 11) > 0.3).expand(1, 2, 9, 11)
+    torch.library.opcheck(torch.ops.seqops.attention_fwd, (q, k, v, mask, None, 0.25, False, 0.0))
+    compiled = torch.compile(lambda q, k, v: seqops.attention(q, k, v, is_causal=True), fullgraph=True)
+    out = compiled(q, k, v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    their_grads = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, is_causal=True).sum(), (q, k, v))
+    for a, b in zip(grads, their_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradcheck_keeps_the_exact_float64_reference(flash_calls):
+    q, k, v = make_qkv((1, 2, 4, 3), (1, 2, 5, 3), (1, 2, 5, 3), dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda q, k, v: seqops.attention(q, k, v, is_causal=True), (q, k, v))
+    assert flash_calls == {"fwd": 0, "bwd": 0}
