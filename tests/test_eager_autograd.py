@@ -49,6 +49,7 @@ def test_layer_ops_eager_entry_matches_the_registered_autograd(mode, packed):
     args = _layer_args(mode, make_layer(mode, dtype=torch.float32, lengths=[5, 3, 3, 1] if packed else None))
     outs, grads, out_grads = _outputs_and_grads(call_op, LAYER_OPS[mode], args)
     ref_outs, ref_grads, _ = _outputs_and_grads(_registered, LAYER_OPS[mode], args, out_grads)
+    assert type(outs[0].grad_fn).__name__ == "_EagerAutogradBackward"
     assert len(grads) == len(ref_grads) == sum(1 for k in DIFFERENTIABLE if make_layer(mode)[k] is not None)
     for a, b in zip((*outs, *grads), (*ref_outs, *ref_grads)):
         assert torch.equal(a, b)
@@ -83,7 +84,6 @@ def test_modules_record_the_eager_node_and_double_backward_still_works():
     lstm = seqops.LSTM(3, 4, num_layers=2, bidirectional=True).double()
     x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
     out, _ = lstm(x)
-    assert type(out.grad_fn).__name__ != "GeneratedBackwardFor_seqops_lstm_layer_forward_defaultBackward"
     # create_graph: the backward runs through the reference, whose graph hangs off the saved inputs
     (gx,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
     (ggx,) = torch.autograd.grad(gx.sum(), x)
@@ -122,3 +122,17 @@ def test_functorch_transforms_see_the_registered_op():
     w_ih, w_hh = torch.randn(28, 5), torch.randn(28, 7)
     batched = torch.func.vmap(lambda xi: seqops.lstm_cell(xi, (h, c), w_ih, w_hh)[0])(x)
     torch.testing.assert_close(batched, torch.lstm_cell(x, (h.expand(3, 7), c.expand(3, 7)), w_ih, w_hh)[0])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_eager_entry_matches_the_registered_autograd(masked):
+    q, k, v = (torch.randn(2, 4, 9, 16) for _ in range(3))
+    mask = torch.randn(2, 4, 9, 9) if masked else None
+    args = (q, k, v, mask, None, 0.25, not masked, 0.0)
+    outs, grads, out_grads = _outputs_and_grads(call_op, _ops.attention_fwd, args)
+    ref_outs, ref_grads, _ = _outputs_and_grads(_registered, _ops.attention_fwd, args, out_grads)
+    assert len(grads) == (4 if masked else 3)
+    for a, b in zip((*outs, *grads), (*ref_outs, *ref_grads)):
+        assert torch.equal(a, b)
+    assert type(outs[0].grad_fn).__name__ == "_EagerAutogradBackward"
+    assert type(ref_outs[0].grad_fn).__name__ == "GeneratedBackwardFor_seqops_attention_fwd_defaultBackward"

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from seqops.ops import attention_cpu
-from seqops.ops._autograd import double_backward_through
+from seqops.ops._autograd import call_op, double_backward_through, register_autograd
 from seqops.reference.attention import attention_with_lse as reference_attention_with_lse
 
 __all__ = ["attention", "attention_with_lse", "attention_dropout_mask"]
@@ -211,7 +211,7 @@ def _backward(ctx, dout, dlse):
     return dq, dk, dv, dmask.to(mask.dtype) if need_dmask else None, None, None, None, None
 
 
-attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_autograd("attention_fwd", _backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -265,6 +265,15 @@ def _heads(t):
     return t.shape[-3] if t.dim() >= 3 else 1
 
 
+def _broadcast(*shapes):
+    # torch.broadcast_shapes runs through symbolic-shape guards (~25 us a call); equal shapes, the usual case,
+    # need none of it
+    first = shapes[0]
+    if all(s == first for s in shapes[1:]):
+        return torch.Size(first)
+    return torch.broadcast_shapes(*shapes)
+
+
 def _canonicalise(query, key, value, attn_mask, enable_gqa):
     """Views of the inputs in [B, H, L, E] / [B, Hkv, S, E] / [B, H, L, S] (stride 0 where they broadcast) and
     the output's leading shape."""
@@ -272,7 +281,7 @@ def _canonicalise(query, key, value, attn_mask, enable_gqa):
     hq, hk, hv = _heads(query), _heads(key), _heads(value)
     batch_of = lambda t: t.shape[:-3]  # noqa: E731
     try:
-        batch = torch.broadcast_shapes(batch_of(query), batch_of(key), batch_of(value))
+        batch = _broadcast(batch_of(query), batch_of(key), batch_of(value))
     except RuntimeError:
         raise ValueError(f"attention: leading dims of query {tuple(query.shape)}, key {tuple(key.shape)} and "
                          f"value {tuple(value.shape)} do not broadcast") from None
@@ -280,7 +289,7 @@ def _canonicalise(query, key, value, attn_mask, enable_gqa):
         H, Hkv = hq, hk
     else:
         try:
-            H = torch.broadcast_shapes((hq,), (hk,), (hv,))[0]
+            H = _broadcast((hq,), (hk,), (hv,))[0]
         except RuntimeError:
             raise ValueError(f"attention: query has {hq} heads, key {hk}, value {hv}; they must match or "
                              "broadcast (or pass enable_gqa=True for grouped-query attention)") from None
@@ -337,7 +346,7 @@ def attention_with_lse(query, key, value, attn_mask=None, dropout_p=0.0, is_caus
         out, lse = reference_attention_with_lse(q4, k4, v4, m4, 0.0, is_causal, scale, enable_gqa=True)
         return out.reshape(out_shape), lse.to(_lse_dtype(query.dtype)).reshape(out_shape[:-1])
     seed = _draw_seed(query.device) if dropout_p > 0 else None
-    out, lse = _ops.attention_fwd(q4, k4, v4, m4, seed, scale, bool(is_causal), float(dropout_p))
+    out, lse = call_op(_ops.attention_fwd, q4, k4, v4, m4, seed, scale, bool(is_causal), float(dropout_p))
     return out.reshape(out_shape), lse.reshape(out_shape[:-1])
 
 
