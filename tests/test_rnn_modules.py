@@ -580,3 +580,58 @@ def test_double_backward_matches_torch_nn(mode):
 
     for actual, expected in zip(second_order(ours), second_order(theirs), strict=True):
         torch.testing.assert_close(actual, expected)
+
+
+# ---- CPU float32 at sizes where the weight gradients run on oneDNN (csrc/rnn/gemm.h weight_grad) ----
+
+
+def _onednn_products(fn):
+    # how many of oneDNN's linear products fn() ran (the ops reach them through the dispatcher, so the
+    # profiler sees each)
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_cpu_float32_weight_gradients_at_scale_match_torch_nn(mode, packed):
+    # 600 rows per layer-direction, so the weight gradients run on oneDNN in 256-row partial products with a
+    # tail (packed: from the gathered previous states). fp32 sums over 600 rows outgrow assert_close's fp32
+    # defaults, torch.nn's own too; so this is FlashAttention's rule at fp32: seqops' error vs float64 at most
+    # 2x torch.nn's fp32 error (+1 ulp of the largest value), on the outputs and every gradient.
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    T_, B_, I_, H_ = 40, 15, 64, 64
+    kwargs = {"bidirectional": True, "proj_size": 16} if mode == "LSTM" else {"bidirectional": True}
+    if mode.startswith("RNN"):
+        kwargs["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
+    cls = {"LSTM": (nn.LSTM, seqops.LSTM), "GRU": (nn.GRU, seqops.GRU)}.get(mode, (nn.RNN, seqops.RNN))
+    theirs = cls[0](I_, H_, **kwargs)
+    ours = cls[1](I_, H_, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    exact = cls[0](I_, H_, **kwargs).double()
+    exact.load_state_dict(theirs.state_dict())
+    x = torch.randn(T_, B_, I_)
+    lengths = torch.tensor([40] * 9 + [33, 21, 21, 8, 2, 1]) if packed else None
+
+    def results(module, dtype):
+        leaf = x.to(dtype, copy=True).requires_grad_()
+        inp = pack_padded_sequence(leaf, lengths) if packed else leaf
+        out, _ = module(inp)
+        out = out.data if packed else out
+        gen = torch.Generator().manual_seed(1)
+        out.backward(torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype))
+        return {"output": out, "grad_input": leaf.grad, **{n: p.grad for n, p in module.named_parameters()}}
+
+    ours_results = {}
+    products = _onednn_products(lambda: ours_results.update(results(ours, torch.float32)))
+    assert products >= 2 * 2 * 3  # both directions' input and recurrent weight gradients, each in >= 3 parts
+    baseline, expected = results(theirs, torch.float32), results(exact, torch.float64)
+    for key, want in expected.items():
+        err = (ours_results[key].double() - want).abs().max().item()
+        torch_err = (baseline[key].double() - want).abs().max().item()
+        ulp = torch.finfo(torch.float32).eps * want.abs().max().item()
+        assert err <= 2 * torch_err + ulp, f"{mode} {key}: {err:.3e} > 2 x torch.nn's {torch_err:.3e} + {ulp:.2e}"

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "rnn/onednn_linear.h"
@@ -24,6 +25,28 @@ inline bool onednn_takes(const Tensor& x, const Tensor& w) {
 inline Tensor linear_once(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias = std::nullopt) {
   if (onednn_takes(x, w)) return onednn::linear(x, w, bias);
   return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+}
+
+// A weight's gradient over all rows: grad [N, G], x [N, K] -> [G, K] = grad^T x, contiguous. CPU float32 on
+// oneDNN's linear, x^T (copied) times grad^T (read in place), 256 rows at a time with the partial products
+// added: measured 1.5x faster than at::mm (MKL's AMD path) at N = 3200, G = 1024, K = 256 (5.6 vs 8.8 ms, 2-core
+// AMD EPYC Zen 5), where the weight gradients had become the largest part of an LSTM's backward. In one call
+// oneDNN sums all N products in one chain and its error is ~3x MKL's; summed per 256 rows it is MKL's (9.7e-5
+// vs 8.1e-5 against float64 at that size). Elsewhere at::mm.
+inline Tensor weight_grad(const Tensor& grad, const Tensor& x) {
+  constexpr int64_t kRowsPerProduct = 256;
+  const int64_t N = grad.size(0);
+  if (grad.scalar_type() != at::kFloat || !onednn::usable(x) || !onednn::worth_it(grad.size(1), x) ||
+      !grad.is_contiguous())
+    return grad.t().mm(x);
+  Tensor sum;  // [K, G]
+  for (int64_t start = 0; start < N; start += kRowsPerProduct) {
+    const int64_t rows = std::min(kRowsPerProduct, N - start);
+    Tensor part = onednn::linear(x.narrow(0, start, rows).t().contiguous(), grad.narrow(0, start, rows).t(),
+                                 std::nullopt);
+    sum = sum.defined() ? sum.add_(part) : part;
+  }
+  return sum.t().contiguous();
 }
 
 // Input projection of all rows at once: x [N, I] -> [N, G*H] = x W^T + b1 + b2 (biases optional), the bias

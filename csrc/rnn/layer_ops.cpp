@@ -164,9 +164,9 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
     grad_hx = dh.finish();
   }
   Tensor grad_input = input_grad_or_empty(input_grad, grad_gates, w_ih, input);
-  Tensor grad_w_hr = proj ? grad_h_all.t().mm(proj_in) : at::empty({0}, input.options());
+  Tensor grad_w_hr = proj ? weight_grad(grad_h_all, proj_in) : at::empty({0}, input.options());
   Tensor grad_w_hh = recurrent_weight_grad(a.layout, grad_gates, out2d, hx.contiguous(), reverse);
-  return {grad_input, grad_hx, dc, grad_gates.t().mm(a.input2d), grad_w_hh, bias_grad(grad_gates),
+  return {grad_input, grad_hx, dc, weight_grad(grad_gates, a.input2d), grad_w_hh, bias_grad(grad_gates),
           grad_w_hr};
 }
 
@@ -220,7 +220,7 @@ Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
     dh_s.add_(recurrent_t(dgh));
   }
   Tensor grad_w_hh = recurrent_weight_grad(a.layout, grad_gh, out2d, hx.contiguous(), reverse);
-  return {input_grad_or_empty(input_grad, grad_gx, w_ih, input), dh, grad_gx.t().mm(a.input2d), grad_w_hh,
+  return {input_grad_or_empty(input_grad, grad_gx, w_ih, input), dh, weight_grad(grad_gx, a.input2d), grad_w_hh,
           bias_grad(grad_gx), bias_grad(grad_gh)};
 }
 
@@ -264,7 +264,7 @@ Tensor5 rnn_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
     dh.leave(recurrent_t(dp));
   }
   Tensor grad_w_hh = recurrent_weight_grad(a.layout, grad_pre, out2d, hx.contiguous(), reverse);
-  return {input_grad_or_empty(input_grad, grad_pre, w_ih, input), dh.finish(), grad_pre.t().mm(a.input2d), grad_w_hh,
+  return {input_grad_or_empty(input_grad, grad_pre, w_ih, input), dh.finish(), weight_grad(grad_pre, a.input2d), grad_w_hh,
           bias_grad(grad_pre)};
 }
 

@@ -7,6 +7,8 @@
 #include <optional>
 #include <vector>
 
+#include "rnn/gemm.h"
+
 namespace seqops {
 
 using at::Tensor;
@@ -123,10 +125,10 @@ class PreviousRows {
 inline Tensor recurrent_weight_grad(const TimeLayout& layout, const Tensor& grad_gates, const Tensor& all,
                                    const Tensor& init, bool reverse) {
   const int64_t N = layout.rows, B = layout.batch;
-  if (!layout.uniform || N == 0) return grad_gates.t().mm(gather_previous(layout, all, init, reverse));
+  if (!layout.uniform || N == 0) return weight_grad(grad_gates, gather_previous(layout, all, init, reverse));
   const int64_t first_of_init = reverse ? N - B : 0;  // the rows whose previous state is init
   const int64_t shifted = reverse ? 0 : B;            // the rows whose previous state is in all
-  Tensor grad = grad_gates.narrow(0, shifted, N - B).t().mm(all.narrow(0, B - shifted, N - B));
+  Tensor grad = weight_grad(grad_gates.narrow(0, shifted, N - B), all.narrow(0, B - shifted, N - B));
   return grad.addmm_(grad_gates.narrow(0, first_of_init, B).t(), init);
 }
 
