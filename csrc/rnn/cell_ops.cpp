@@ -54,7 +54,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward(
   Tensor grad_cx = grad_c1.contiguous().clone();
   lstm_backward_pointwise(gates.contiguous(), cx.contiguous(), c1.contiguous(), grad_h1.contiguous(), Tensor(), grad_cx,
                           grad_gates);
-  return {linear_once(grad_gates, w_ih.t()), linear_once(grad_gates, w_hh.t()), grad_cx,
+  return {grad_through_weight(grad_gates, w_ih), grad_through_weight(grad_gates, w_hh), grad_cx,
           grad_gates.t().mm(input), grad_gates.t().mm(hx), bias_grad(grad_gates)};
 }
 
@@ -87,8 +87,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
   Tensor grad_hx = grad_h1.contiguous().clone();
   gru_backward_pointwise(gates.contiguous(), hn.contiguous(), hx.contiguous(), grad_hx, grad_gates_x,
                          grad_gates_h);
-  grad_hx.add_(linear_once(grad_gates_h, w_hh.t()));
-  return {linear_once(grad_gates_x, w_ih.t()), grad_hx, grad_gates_x.t().mm(input), grad_gates_h.t().mm(hx),
+  grad_hx.add_(grad_through_weight(grad_gates_h, w_hh));
+  return {grad_through_weight(grad_gates_x, w_ih), grad_hx, grad_gates_x.t().mm(input), grad_gates_h.t().mm(hx),
           bias_grad(grad_gates_x), bias_grad(grad_gates_h)};
 }
 
@@ -114,8 +114,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(const Tenso
   c10::OptionalDeviceGuard guard(input.device());
   Tensor grad_pre = at::empty({input.size(0), H}, input.options());
   rnn_backward_pointwise(h1.contiguous(), grad_h1.contiguous(), Tensor(), grad_pre, relu);
-  return {linear_once(grad_pre, w_ih.t()), linear_once(grad_pre, w_hh.t()), grad_pre.t().mm(input), grad_pre.t().mm(hx),
-          bias_grad(grad_pre)};
+  return {grad_through_weight(grad_pre, w_ih), grad_through_weight(grad_pre, w_hh), grad_pre.t().mm(input),
+          grad_pre.t().mm(hx), bias_grad(grad_pre)};
 }
 
 }  // namespace seqops

@@ -27,18 +27,44 @@ inline Tensor linear_once(const Tensor& x, const Tensor& w, const std::optional<
   return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
 }
 
+// The gradient that flows back through a weight: grad [N, G], w [G, K] -> [N, K] = grad w (the input gradient,
+// a cell's hidden-state gradient). On oneDNN (linear_once's rule) the G products are summed 256 at a time and
+// the partial results added: one oneDNN product sums all G in one chain, which at G = 4H = 1024 measured ~2.2x
+// MKL's error (4.3e-8 vs 1.9e-8; an LSTM's input gradient 2.1x torch.nn's); per 256 it is MKL's (2.4e-8), for
+// 5.5 ms instead of 4.3 at N = 3200 (MKL: 9.5 ms).
+inline Tensor grad_through_weight(const Tensor& grad, const Tensor& w) {
+  constexpr int64_t kTermsPerProduct = 256;
+  const int64_t G = grad.size(1);
+  if (G <= kTermsPerProduct || !onednn_takes(grad, w.t())) return linear_once(grad, w.t());
+  Tensor sum;  // [N, K]
+  for (int64_t start = 0; start < G; start += kTermsPerProduct) {
+    const int64_t terms = std::min(kTermsPerProduct, G - start);
+    Tensor part = onednn::linear(grad.narrow(1, start, terms).contiguous(), w.narrow(0, start, terms).t(),
+                                 std::nullopt);
+    sum = sum.defined() ? sum.add_(part) : part;
+  }
+  return sum;
+}
+
 // A weight's gradient over all rows: grad [N, G], x [N, K] -> [G, K] = grad^T x, contiguous. CPU float32 on
 // oneDNN's linear, x^T (copied) times grad^T (read in place), 256 rows at a time with the partial products
 // added: measured 1.5x faster than at::mm (MKL's AMD path) at N = 3200, G = 1024, K = 256 (5.6 vs 8.8 ms, 2-core
 // AMD EPYC Zen 5), where the weight gradients had become the largest part of an LSTM's backward. In one call
 // oneDNN sums all N products in one chain and its error is ~3x MKL's; summed per 256 rows it is MKL's (9.7e-5
 // vs 8.1e-5 against float64 at that size). Elsewhere at::mm.
+// Where it pays (measured, same machine): weights of 2^16 to 2^20 elements over at least 128 rows. Smaller weights
+// ([256, 64]: 0.27 vs 0.22 ms at 1024 rows) and fewer rows (32 x [1024, 256]: 0.23 vs 0.16 ms) lose to oneDNN's
+// per-call cost; larger ones ([2048, 512]) break even, the partial sums' adds growing with them.
+inline bool weight_grad_on_onednn(const Tensor& grad, const Tensor& x) {
+  const int64_t weight = grad.size(1) * x.size(1);
+  return grad.scalar_type() == at::kFloat && onednn::usable(x) && grad.is_contiguous() && grad.size(0) >= 128 &&
+         weight >= (int64_t{1} << 16) && weight <= (int64_t{1} << 20);
+}
+
 inline Tensor weight_grad(const Tensor& grad, const Tensor& x) {
   constexpr int64_t kRowsPerProduct = 256;
   const int64_t N = grad.size(0);
-  if (grad.scalar_type() != at::kFloat || !onednn::usable(x) || !onednn::worth_it(grad.size(1), x) ||
-      !grad.is_contiguous())
-    return grad.t().mm(x);
+  if (!weight_grad_on_onednn(grad, x)) return grad.t().mm(x);
   Tensor sum;  // [K, G]
   for (int64_t start = 0; start < N; start += kRowsPerProduct) {
     const int64_t rows = std::min(kRowsPerProduct, N - start);

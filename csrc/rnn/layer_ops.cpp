@@ -55,7 +55,7 @@ Tensor flat_grad(const Tensor& grad_output, const TimeLayout& layout) {
 // as a first layer's data usually does.
 Tensor input_grad_or_empty(bool wanted, const Tensor& grad_gates, const Tensor& w_ih, const Tensor& input) {
   if (!wanted) return at::empty({0}, input.options());
-  return linear_once(grad_gates, w_ih.t()).view(input.sizes());
+  return grad_through_weight(grad_gates, w_ih).view(input.sizes());
 }
 
 Tensor shape_output(const Tensor& out2d, const Tensor& input, const TimeLayout& layout) {
@@ -264,8 +264,8 @@ Tensor5 rnn_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
     dh.leave(recurrent_t(dp));
   }
   Tensor grad_w_hh = recurrent_weight_grad(a.layout, grad_pre, out2d, hx.contiguous(), reverse);
-  return {input_grad_or_empty(input_grad, grad_pre, w_ih, input), dh.finish(), weight_grad(grad_pre, a.input2d), grad_w_hh,
-          bias_grad(grad_pre)};
+  return {input_grad_or_empty(input_grad, grad_pre, w_ih, input), dh.finish(), weight_grad(grad_pre, a.input2d),
+          grad_w_hh, bias_grad(grad_pre)};
 }
 
 }  // namespace seqops
