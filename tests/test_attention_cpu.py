@@ -214,3 +214,32 @@ def test_gradcheck_keeps_the_exact_float64_reference(flash_calls):
     q, k, v = make_qkv((1, 2, 4, 3), (1, 2, 5, 3), (1, 2, 5, 3), dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda q, k, v: seqops.attention(q, k, v, is_causal=True), (q, k, v))
     assert flash_calls == {"fwd": 0, "bwd": 0}
+
+
+def test_strided_head_dims_are_made_contiguous_for_the_kernel(flash_calls):
+    # The CPU kernel reads rows as vectors: a query whose last dim is strided (a transposed or channels-last
+    # view), or such an upstream gradient, gave NaN / garbage before the launcher made them contiguous.
+    B, H, L, S, E = 2, 3, 70, 90, 64
+    queries = {"transposed": torch.randn(B, H, E, L).transpose(-1, -2),
+               "channels_last": torch.randn(B, H, L, E).contiguous(memory_format=torch.channels_last)}
+    for q in queries.values():
+        k = torch.randn(B, H, E, S).transpose(-1, -2).requires_grad_()
+        v = torch.randn(B, H, S, E).requires_grad_()
+        q = q.requires_grad_()
+        out = seqops.attention(q, k, v)
+        dout = torch.randn(B, H, E, L).transpose(-1, -2)  # strided upstream gradient too
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+        ref_out, ref_grads = float64_oracle(q, k, v, dout)
+        torch.testing.assert_close(out, ref_out.float())
+        for name, a, b in zip(("dq", "dk", "dv"), grads, ref_grads):
+            assert_close_fp32_grad(a, b, name)
+    assert flash_calls == {"fwd": 2, "bwd": 2}
+
+
+def test_head_dim_zero_like_sdpa():
+    q, k = torch.randn(2, 3, 4, 0), torch.randn(2, 3, 5, 0)
+    v = torch.randn(2, 3, 5, 6, requires_grad=True)
+    ours, theirs = seqops.attention(q, k, v), F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(ours, theirs)
+    grad = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad(ours, v, grad)[0], torch.autograd.grad(theirs, v, grad)[0])

@@ -136,3 +136,33 @@ def test_attention_eager_entry_matches_the_registered_autograd(masked):
         assert torch.equal(a, b)
     assert type(outs[0].grad_fn).__name__ == "_EagerAutogradBackward"
     assert type(ref_outs[0].grad_fn).__name__ == "GeneratedBackwardFor_seqops_attention_fwd_defaultBackward"
+
+
+def test_jit_trace_records_the_custom_op_and_saves():
+    # torch.jit.trace cannot export the Python autograd.Function: call_op hands the tracer the op itself
+    import io
+
+    gru = seqops.GRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    traced = torch.jit.trace(gru, (x,), check_trace=True)
+    assert "seqops::gru_layer_forward" in {n.kind() for n in traced.inlined_graph.nodes()}
+    torch.testing.assert_close(traced(x), gru(x))
+    torch.jit.save(traced, io.BytesIO())
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_outputs_may_be_modified_in_place(mode):
+    # The layer ops' padded output is no tracked view, so in-place ops on it work as on torch.nn's; a backward
+    # through a modified output then needs the original (seqops saves it, as torch.nn's LSTM and every cuDNN
+    # RNN do) and autograd's version check says so instead of computing wrong gradients.
+    module = getattr(seqops, mode)(3, 4, batch_first=True)
+    x = torch.randn(2, 5, 3)
+    out, _ = module(x)
+    expected = out.detach() * 2 + 1
+    out.mul_(2).add_(1)
+    torch.testing.assert_close(out.detach(), expected)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    with torch.no_grad():
+        out, _ = module(x)
+        out.relu_()

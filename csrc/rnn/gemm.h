@@ -35,7 +35,8 @@ inline Tensor linear_once(const Tensor& x, const Tensor& w, const std::optional<
 inline Tensor grad_through_weight(const Tensor& grad, const Tensor& w) {
   constexpr int64_t kTermsPerProduct = 256;
   const int64_t G = grad.size(1);
-  if (G <= kTermsPerProduct || !onednn_takes(grad, w.t())) return linear_once(grad, w.t());
+  // Copying the [N, 256] column blocks costs what a product of K < 64 columns does: one product then.
+  if (G <= kTermsPerProduct || w.size(1) < 64 || !onednn_takes(grad, w.t())) return linear_once(grad, w.t());
   Tensor sum;  // [N, K]
   for (int64_t start = 0; start < G; start += kTermsPerProduct) {
     const int64_t terms = std::min(kTermsPerProduct, G - start);

@@ -58,9 +58,11 @@ Tensor input_grad_or_empty(bool wanted, const Tensor& grad_gates, const Tensor& 
   return grad_through_weight(grad_gates, w_ih).view(input.sizes());
 }
 
+// [N, P] -> [T, B, P] for padded input. Not a tracked view: an op output that autograd sees as a view of a
+// tensor it never returned may not be modified in place (torch.nn's output may: `out.add_(1)` must work).
 Tensor shape_output(const Tensor& out2d, const Tensor& input, const TimeLayout& layout) {
   if (layout.packed) return out2d;
-  return out2d.view({input.size(0), input.size(1), out2d.size(1)});
+  return at::_unsafe_view(out2d, {input.size(0), input.size(1), out2d.size(1)});
 }
 
 }  // namespace

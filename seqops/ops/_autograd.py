@@ -50,10 +50,11 @@ def call_op(op, *args):
       (~4 us a call, which step-by-step decoding pays every step; the guard is torch.library's own);
     - eager with a graph to record: _EagerAutograd, the same registered autograd without torch.library's
       per-call argument handling;
-    - under torch.compile or a torch.func transform: the op itself, so the tracer and the transforms see the
-      registered custom op and its autograd.
+    - under torch.compile, torch.jit.trace or a torch.func transform: the op itself, so the tracer and the
+      transforms see the registered custom op and its autograd (a trace of the Function would hold a Python op
+      that torch.jit.save cannot export).
     """
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
         return op(*args)
     if torch.is_grad_enabled() and _needs_graph(args):
         return _EagerAutograd.apply(getattr(op, "default", op), *args)

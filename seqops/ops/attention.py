@@ -339,7 +339,9 @@ def attention_with_lse(query, key, value, attn_mask=None, dropout_p=0.0, is_caus
     inputs). Both outputs are differentiable."""
     query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     _check_inputs(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    if scale is None:  # head dim 0: every score is an empty sum, 0 whatever the scale (SDPA: uniform weights)
+        scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
+    scale = float(scale)
     q4, k4, v4, m4, out_shape = _canonicalise(query, key, value, attn_mask, enable_gqa)
     if q4.numel() == 0 or k4.shape[2] == 0 or v4.numel() == 0:
         # Nothing to stream: an empty batch or length, or no keys (every row fully masked: zeros, lse -inf).

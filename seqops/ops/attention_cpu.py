@@ -58,6 +58,13 @@ def _additive(mask, dtype):
     return additive.expand(mask.shape), blocked
 
 
+def _unit_last_stride(t):
+    # The kernel reads rows as contiguous vectors: a tensor whose last dim is strided (a transposed or
+    # channels-last view) gives wrong values, NaN or out-of-range reads. SDPA's dispatcher checks this before
+    # choosing the kernel; called directly it is ours to check.
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def _repeat_heads(t, group):
     # GQA: the kernel wants as many key/value heads as query heads
     return t if group == 1 else t.repeat_interleave(group, dim=1)
@@ -66,6 +73,7 @@ def _repeat_heads(t, group):
 def forward(q, k, v, mask, scale, is_causal):
     """-> out [B, H, L, Ev] contiguous (q.dtype), lse [B, H, L] fp32, natural log, -inf for a fully masked row."""
     group = q.shape[1] // k.shape[1]
+    q, k, v = (_unit_last_stride(t) for t in (q, k, v))
     additive, blocked = _additive(mask, q.dtype)
     out, lse = _flash(q, _repeat_heads(k, group), _repeat_heads(v, group), 0.0, is_causal, attn_mask=additive,
                       scale=scale)
@@ -78,6 +86,7 @@ def backward(dout, q, k, v, mask, out, lse, scale, is_causal):
     """-> dq [B, H, L, E], dk [B, Hkv, S, E], dv [B, Hkv, S, Ev], each in its input's dtype."""
     Hkv = k.shape[1]
     group = q.shape[1] // Hkv
+    dout, q, k, v, out = (_unit_last_stride(t) for t in (dout, q, k, v, out))
     additive, _ = _additive(mask, q.dtype)
     lse_kernel = lse.masked_fill(torch.isneginf(lse), 0.0)  # the kernel's convention for fully masked rows
     dq, dk, dv = _flash_backward(dout, q, _repeat_heads(k, group), _repeat_heads(v, group), out, lse_kernel, 0.0,
