@@ -166,3 +166,18 @@ def test_outputs_may_be_modified_in_place(mode):
     with torch.no_grad():
         out, _ = module(x)
         out.relu_()
+
+
+def test_forward_mode_ad_is_refused_not_silently_dropped():
+    import torch.autograd.forward_ad as fwAD
+
+    x, h = torch.randn(2, 3), torch.randn(2, 4)
+    w_ih, w_hh = torch.randn(16, 3), torch.randn(16, 4)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.randn_like(x))
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            seqops.lstm_cell(dual, (h, h), w_ih, w_hh)
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            seqops.LSTM(3, 4)(fwAD.make_dual(torch.randn(5, 3), torch.randn(5, 3)))
+        # plain tensors inside a dual_level still run
+        assert seqops.lstm_cell(x, (h, h), w_ih, w_hh)[0].shape == (2, 4)

@@ -43,6 +43,16 @@ def _needs_graph(args):
     return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
+def _refuse_forward_ad(op, args):
+    # The ops have no jvp formula, and a dual input that does not require grad would lose its tangent without a
+    # word (the result would look like a plain tensor): refuse instead.
+    from torch.autograd import forward_ad
+
+    if any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args):
+        raise NotImplementedError(f"{op}: seqops' ops have no forward-mode AD (jvp) formula; use reverse mode, "
+                                  "or the pure-PyTorch versions in seqops.reference")
+
+
 def call_op(op, *args):
     """op(*args), the way that costs least per call where it makes no difference to the result:
 
@@ -54,6 +64,8 @@ def call_op(op, *args):
       transforms see the registered custom op and its autograd (a trace of the Function would hold a Python op
       that torch.jit.save cannot export).
     """
+    if torch.autograd.forward_ad._current_level >= 0:  # inside a dual_level: forward-mode AD is in use
+        _refuse_forward_ad(op, args)
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
         return op(*args)
     if torch.is_grad_enabled() and _needs_graph(args):
