@@ -11,7 +11,8 @@ SCRIPT = REPO / ".ci" / "gpu-session"
 
 
 def _run(tmp_path, *args):
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    # SEQOPS_TEST_WORKERS=0: no pytest-xdist workers for the nested run (inside the GPU session's own run)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "SEQOPS_TEST_WORKERS": "0"}
     env.pop("PYTEST_ADDOPTS", None)
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
