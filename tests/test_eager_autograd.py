@@ -5,6 +5,7 @@ double backward, and the registered path wherever a tracer or a transform has to
 import pytest
 import torch
 from test_rnn_layer_ops import DIFFERENTIABLE, make_layer
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqops
 from seqops.ops._autograd import call_op
@@ -150,22 +151,40 @@ def test_jit_trace_records_the_custom_op_and_saves():
     torch.jit.save(traced, io.BytesIO())
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
-def test_outputs_may_be_modified_in_place(mode):
-    # The layer ops' padded output is no tracked view, so in-place ops on it work as on torch.nn's; a backward
-    # through a modified output then needs the original (seqops saves it, as torch.nn's LSTM and every cuDNN
-    # RNN do) and autograd's version check says so instead of computing wrong gradients.
-    module = getattr(seqops, mode)(3, 4, batch_first=True)
-    x = torch.randn(2, 5, 3)
-    out, _ = module(x)
-    expected = out.detach() * 2 + 1
-    out.mul_(2).add_(1)
-    torch.testing.assert_close(out.detach(), expected)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        out.sum().backward()
-    with torch.no_grad():
+def _train_with_in_place_residual(module, x, residual, packed):
+    # `out += residual` on the layer's output, then a backward through it -> the parameters' gradients
+    module.zero_grad()
+    if packed:
+        out, _ = module(pack_padded_sequence(x, torch.tensor([5, 3]), batch_first=True))
+        out = out.data  # a PackedSequence's data field: the output tensor itself
+    else:
         out, _ = module(x)
-        out.relu_()
+    out += residual.reshape(-1, 4)[: out.shape[0]] if packed else residual
+    out.sum().backward()
+    return [p.grad.clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_outputs_may_be_modified_in_place_and_trained_through(mode, packed):
+    # As with torch.nn's CPU GRU/RNN: seqops' output is a copy of the tensor its backward reads, and no tracked
+    # view. (torch.nn's CPU LSTM, on oneDNN, refuses this; seqops' LSTM is compared with torch.nn's LSTM with
+    # the in-place add made out of place.)
+    ours = getattr(seqops, mode)(3, 4, batch_first=True)
+    theirs = getattr(torch.nn, mode)(3, 4, batch_first=True)
+    theirs.load_state_dict(ours.state_dict())
+    x, residual = torch.randn(2, 5, 3), torch.randn(2, 5, 4)
+    got = _train_with_in_place_residual(ours, x, residual, packed)
+    if mode == "LSTM":
+        theirs.zero_grad()
+        out, _ = theirs(pack_padded_sequence(x, torch.tensor([5, 3]), batch_first=True) if packed else x)
+        out = out.data if packed else out
+        (out + (residual.reshape(-1, 4)[: out.shape[0]] if packed else residual)).sum().backward()
+        want = [p.grad.clone() for p in theirs.parameters()]
+    else:
+        want = _train_with_in_place_residual(theirs, x, residual, packed)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
 
 
 def test_forward_mode_ad_is_refused_not_silently_dropped():
@@ -181,3 +200,13 @@ def test_forward_mode_ad_is_refused_not_silently_dropped():
             seqops.LSTM(3, 4)(fwAD.make_dual(torch.randn(5, 3), torch.randn(5, 3)))
         # plain tensors inside a dual_level still run
         assert seqops.lstm_cell(x, (h, h), w_ih, w_hh)[0].shape == (2, 4)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"proj_size": 2}, {"num_layers": 2, "bidirectional": True}])
+def test_jit_trace_of_an_lstm_passes_its_check(kwargs):
+    # The trace check reruns with grad off, where eager CPU LSTM inference takes oneDNN's fused LSTM: while
+    # tracing it must take the op it took with grad on.
+    lstm = seqops.LSTM(3, 4, **kwargs)
+    x = torch.randn(5, 2, 3)
+    traced = torch.jit.trace(lstm, (x,), check_trace=True)
+    torch.testing.assert_close(traced(x), lstm(x))

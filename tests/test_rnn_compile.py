@@ -103,3 +103,17 @@ def test_fullgraph_takes_a_packed_sequence():
     grad_eager = torch.autograd.grad(eager.sum(), x, retain_graph=True)[0]
     grad = torch.autograd.grad(compiled.sum(), x)[0]
     torch.testing.assert_close(grad, grad_eager)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_fullgraph_plain_lstm(grad):
+    # No proj_size, so the CPU inference route to oneDNN's fused LSTM is considered: Dynamo must not trace its
+    # availability checks (torch.backends.mkldnn.is_available() is a graph break), with grad on or off.
+    lstm = seqops.LSTM(I, H, 2)
+    x = torch.randn(T, B, I)
+    with torch.set_grad_enabled(grad):
+        out, (h, c) = torch.compile(lstm, fullgraph=True, backend="aot_eager")(x)
+        want, (h_want, c_want) = lstm(x)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(h, h_want)
+    torch.testing.assert_close(c, c_want)

@@ -171,8 +171,12 @@ CPU_LSTM_INFERENCE = os.environ.get("SEQOPS_CPU_LSTM_INFERENCE", "onednn")
 
 
 def _onednn_lstm_applies(input, batch_sizes, tensors, w_hr):
+    # Tracers first: Dynamo cannot trace torch.backends.mkldnn.is_available() (a graph break), and a
+    # torch.jit.trace, checked with grad off, must record the op it recorded with grad on.
     return (
-        CPU_LSTM_INFERENCE == "onednn"
+        not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and CPU_LSTM_INFERENCE == "onednn"
         and input.device.type == "cpu"
         and input.dtype in (torch.float32, torch.bfloat16)
         and batch_sizes is None
@@ -180,7 +184,6 @@ def _onednn_lstm_applies(input, batch_sizes, tensors, w_hr):
         and input.dim() == 3
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
     )
 

@@ -214,6 +214,10 @@ def rnn_stack(
             layer_input = F.dropout(layer_input, dropout, training=True)
 
     output = layer_input
+    if num_directions == 1 and (output.requires_grad or torch.jit.is_tracing()):  # one graph for jit.trace
+        # The last layer op's own output, which its backward reads: the caller gets a copy, so an in-place op on
+        # it (`out += residual`) trains as with torch.nn's CPU GRU/RNN instead of failing autograd's version check.
+        output = output.clone()
     h_n, c_n = _stack(h_n), (_stack(c_n) if is_lstm else None)
     if unsorted_indices is not None:
         h_n = h_n.index_select(1, unsorted_indices)
