@@ -243,3 +243,9 @@ def test_head_dim_zero_like_sdpa():
     torch.testing.assert_close(ours, theirs)
     grad = torch.randn_like(ours)
     torch.testing.assert_close(torch.autograd.grad(ours, v, grad)[0], torch.autograd.grad(theirs, v, grad)[0])
+
+
+def test_a_torch_without_the_cpu_kernel_takes_the_reference(monkeypatch):
+    monkeypatch.setattr(attention_cpu, "_flash", None)
+    q, k, v = make_qkv((1, 2, 7, 8), (1, 2, 9, 8), (1, 2, 9, 8))
+    _check_against_oracle(q, k, v, is_causal=True)

@@ -14,15 +14,18 @@ where seqops reports -inf (its backward wants its own convention back).
 
 import torch
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+# Private ATen ops (torch >= 2.2): where a build lacks them, every call takes the reference.
+_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_flash_backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def applies(q, v, mask, dropout_p):
     """q [B, H, L, E], v [B, Hkv, S, Ev], mask [B, H, L, S] view or None."""
     return (
-        q.device.type == "cpu"
+        _flash is not None
+        and _flash_backward is not None
+        and q.device.type == "cpu"
         and q.dtype in _DTYPES
         and dropout_p == 0.0
         and q.shape[-1] == v.shape[-1]
