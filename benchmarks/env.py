@@ -19,30 +19,31 @@ def slugify(text):
     return slug or "unknown"
 
 
-def cpu_model():
+@lru_cache(maxsize=1)
+def _first_cpu_fields():
+    """/proc/cpuinfo's fields of the first processor ({} where there is none)."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                if fields:
+                    break
+                continue
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return fields
+
+
+def cpu_model():
+    return _first_cpu_fields().get("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_family():
     """'family 26 model 2' from /proc/cpuinfo, or None: a virtual machine's model name ('AMD EPYC') alone does
     not tell CPU generations apart, and their timings differ by up to 2x."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("cpu family", "model") and key not in fields:
-                fields[key] = value.strip()
-            if not line.strip() and fields:
-                break
-    except OSError:
-        return None
+    fields = _first_cpu_fields()
     if "cpu family" not in fields:
         return None
     return f"family {fields['cpu family']} model {fields.get('model', '?')}"

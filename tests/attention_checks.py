@@ -2,6 +2,7 @@
 
 import torch
 
+import seqops
 from seqops import reference
 
 
@@ -44,3 +45,18 @@ def assert_close_fp32_grad(got, want, name="grad"):
     inputs (measured: within 10% of ours)."""
     atol = 1e-5 * max(1.0, want.abs().max().item())
     torch.testing.assert_close(got, want.float(), atol=atol, rtol=1.3e-6, msg=lambda m: f"{name}: {m}")
+
+
+def check_fp32(q, k, v, **kwargs):
+    """fp32 seqops.attention against the float64 reference: default fp32 tolerances forward, every gradient
+    (q, k, v, and a float mask that requires grad) by assert_close_fp32_grad. Returns the output."""
+    mask = kwargs.get("attn_mask")
+    out = seqops.attention(q, k, v, **kwargs)
+    grad_out = torch.randn_like(out)
+    exact, exact_grads = float64_oracle(q, k, v, grad_out, **kwargs)
+    torch.testing.assert_close(out, exact.float())
+    wanted = [q, k, v] + ([mask] if mask is not None and mask.requires_grad else [])
+    grads = torch.autograd.grad(out, wanted, grad_out)
+    for name, got, want in zip(("dq", "dk", "dv", "dmask"), grads, exact_grads):
+        assert_close_fp32_grad(got, want, name)
+    return out

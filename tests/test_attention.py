@@ -9,7 +9,7 @@ programs one by one.
 import pytest
 import torch
 import torch.nn.functional as F
-from attention_checks import assert_close_fp32_grad, assert_flash_rule, float64_oracle, make_qkv
+from attention_checks import assert_flash_rule, check_fp32, float64_oracle, make_qkv
 
 import seqops
 from seqops import reference
@@ -17,20 +17,6 @@ from seqops.ops.attention import attention, attention_with_lse
 
 # Each test on CPU tensors and, on a GPU machine, again on CUDA tensors (conftest.each_device).
 pytestmark = pytest.mark.usefixtures("each_device")
-
-
-def _check_fp32(q, k, v, **kwargs):
-    """fp32 kernels against the float64 reference: default fp32 tolerances, forward and every gradient."""
-    mask = kwargs.get("attn_mask")
-    out = attention(q, k, v, **kwargs)
-    grad_out = torch.randn_like(out)
-    exact, exact_grads = float64_oracle(q, k, v, grad_out, **kwargs)
-    torch.testing.assert_close(out, exact.float())
-    wanted = [q, k, v] + ([mask] if mask is not None and mask.requires_grad else [])
-    grads = torch.autograd.grad(out, wanted, grad_out)
-    for name, got, want in zip(("dq", "dk", "dv", "dmask"), grads, exact_grads):
-        assert_close_fp32_grad(got, want, name)
-    return out
 
 
 def _check_fp16(q, k, v, **kwargs):
@@ -50,19 +36,19 @@ def _check_fp16(q, k, v, **kwargs):
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_odd_lengths_fp32(L, S, is_causal):
     q, k, v = make_qkv((1, 2, L, 32), (1, 2, S, 32), (1, 2, S, 32))
-    _check_fp32(q, k, v, is_causal=is_causal)
+    check_fp32(q, k, v, is_causal=is_causal)
 
 
 @pytest.mark.parametrize("E", [1, 16, 40, 64, 80, 128, 256])
 def test_head_dims_fp32(E):
     q, k, v = make_qkv((1, 2, 19, E), (1, 2, 23, E), (1, 2, 23, E))
-    _check_fp32(q, k, v)
+    check_fp32(q, k, v)
 
 
 @pytest.mark.parametrize("E,Ev", [(16, 40), (40, 16), (3, 100)])
 def test_value_head_dim_differs(E, Ev):
     q, k, v = make_qkv((1, 2, 21, E), (1, 2, 18, E), (1, 2, 18, Ev))
-    _check_fp32(q, k, v, is_causal=True)
+    check_fp32(q, k, v, is_causal=True)
 
 
 @pytest.mark.parametrize("E", [16, 64, 80, 128])
@@ -80,15 +66,15 @@ def test_fp16_flash_rule_with_mask_and_gqa():
 
 def test_scale():
     q, k, v = make_qkv((1, 2, 20, 24), (1, 2, 26, 24), (1, 2, 26, 24))
-    _check_fp32(q, k, v, scale=0.37)
-    _check_fp32(q, k, v, scale=2.0, is_causal=True)
+    check_fp32(q, k, v, scale=0.37)
+    check_fp32(q, k, v, scale=2.0, is_causal=True)
 
 
 @pytest.mark.parametrize("Hq,Hkv", [(4, 2), (6, 1), (3, 3)])
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_gqa(Hq, Hkv, is_causal):
     q, k, v = make_qkv((2, Hq, 19, 16), (2, Hkv, 27, 16), (2, Hkv, 27, 16))
-    _check_fp32(q, k, v, is_causal=is_causal, enable_gqa=True)
+    check_fp32(q, k, v, is_causal=is_causal, enable_gqa=True)
     # and against PyTorch itself
     torch.testing.assert_close(attention(q, k, v, is_causal=is_causal, enable_gqa=True),
                                F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=True))
@@ -107,7 +93,7 @@ def test_bool_mask(shape):
     B, H, L, S = 2, 2, 23, 37
     q, k, v = make_qkv((B, H, L, 16), (B, H, S, 16), (B, H, S, 16))
     mask = torch.rand(MASK_SHAPES[shape](B, H, L, S)) > 0.3
-    _check_fp32(q, k, v, attn_mask=mask)
+    check_fp32(q, k, v, attn_mask=mask)
     theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(attention(q, k, v, attn_mask=mask), theirs)
 
@@ -117,12 +103,12 @@ def test_float_mask_with_gradient(shape):
     B, H, L, S = 2, 2, 23, 37
     q, k, v = make_qkv((B, H, L, 16), (B, H, S, 16), (B, H, S, 16))
     mask = torch.randn(MASK_SHAPES[shape](B, H, L, S), requires_grad=True)
-    _check_fp32(q, k, v, attn_mask=mask)
+    check_fp32(q, k, v, attn_mask=mask)
 
 
 def test_float_mask_without_gradient_and_fp16_query_with_fp32_mask():
     q, k, v = make_qkv((1, 2, 17, 16), (1, 2, 21, 16), (1, 2, 21, 16))
-    _check_fp32(q, k, v, attn_mask=torch.randn(17, 21))
+    check_fp32(q, k, v, attn_mask=torch.randn(17, 21))
     qh, kh, vh = make_qkv((1, 2, 17, 16), (1, 2, 21, 16), (1, 2, 21, 16), dtype=torch.float16)
     _check_fp16(qh, kh, vh, attn_mask=torch.randn(17, 21))
 
@@ -172,7 +158,7 @@ def test_fully_masked_rows_behave_as_sdpa(kind):
     keep[0, 1, 4] = False
     keep[1, :, 0] = False
     mask = keep if kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
-    out = _check_fp32(q, k, v, attn_mask=mask)
+    out = check_fp32(q, k, v, attn_mask=mask)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
     assert (out[0, 1, 4] == 0).all() and (out[1, :, 0] == 0).all()
     _, lse = attention_with_lse(q, k, v, attn_mask=mask)
@@ -201,7 +187,7 @@ def test_non_contiguous_inputs():
     q, k, v = (t.transpose(1, 2) for t in (base_q, base_k, base_v))  # [B, H, L, E] views of [B, L, H, E]
     v = v[..., ::2]  # a strided last dim too
     assert not q.is_contiguous() and v.stride(-1) == 2
-    _check_fp32(q, k, v, is_causal=True)
+    check_fp32(q, k, v, is_causal=True)
 
 
 def test_lse_matches_reference_and_is_differentiable():
@@ -276,13 +262,13 @@ def test_tma_path_in_the_interpreter(monkeypatch, is_causal):
     monkeypatch.setattr(attention_common, "TMA_IN_INTERPRETER", True)
     q, k, v = make_qkv((2, 4, 37, 40), (2, 2, 45, 40), (2, 2, 45, 24))
     assert attention_common.tma_eligible(q, k, v)
-    _check_fp32(q, k, v, is_causal=is_causal, enable_gqa=True)
+    check_fp32(q, k, v, is_causal=is_causal, enable_gqa=True)
     # A 3-wide head in a 40-wide row is still TMA-aligned (the descriptor zero-fills columns past E).
-    _check_fp32(q[..., :3], k[..., :3], v, is_causal=is_causal, enable_gqa=True)
+    check_fp32(q[..., :3], k[..., :3], v, is_causal=is_causal, enable_gqa=True)
     # Contiguous 12-byte rows are not: the pointer path takes them.
     q3, k3, v3 = make_qkv((1, 2, 9, 3), (1, 2, 11, 3), (1, 2, 11, 3))
     assert not attention_common.tma_eligible(k3, v3)
-    _check_fp32(q3, k3, v3, is_causal=is_causal)
+    check_fp32(q3, k3, v3, is_causal=is_causal)
 
 
 def test_autocast_runs_in_the_autocast_dtype_like_sdpa(each_device):
@@ -352,7 +338,7 @@ def test_wide_mask_offsets_in_the_interpreter(monkeypatch, mask_dtype):
     else:
         mask = torch.randn(17, 17, requires_grad=True)
     assert ac.mask_kind(mask.expand(1, 2, 17, 17), 17, 17) > ac.MASK_WIDE
-    _check_fp32(q, k, v, attn_mask=mask)
+    check_fp32(q, k, v, attn_mask=mask)
 
 
 def test_rows_past_int32_offsets_are_copied_contiguous_or_refused(monkeypatch):
@@ -370,4 +356,4 @@ def test_rows_past_int32_offsets_are_copied_contiguous_or_refused(monkeypatch):
     q = torch.randn(1, 1, 9, 16, requires_grad=True)
     k = torch.randn(17, 64)[:, :16].view(1, 1, 17, 16).requires_grad_()
     v = torch.randn(17, 64)[:, :16].view(1, 1, 17, 16).requires_grad_()
-    _check_fp32(q, k, v)
+    check_fp32(q, k, v)

@@ -81,7 +81,7 @@ def test_cells_eager_entry_matches_the_registered_autograd(cell):
         assert torch.equal(a.grad, b.grad)
 
 
-def test_modules_record_the_eager_node_and_double_backward_still_works():
+def test_double_backward_through_a_module_matches_torch_nn():
     lstm = seqops.LSTM(3, 4, num_layers=2, bidirectional=True).double()
     x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
     out, _ = lstm(x)

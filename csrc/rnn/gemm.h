@@ -27,6 +27,15 @@ inline Tensor linear_once(const Tensor& x, const Tensor& w, const std::optional<
   return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
 }
 
+// part(start, n) for n = chunk-sized pieces of [0, total), summed in place into the first: products split along
+// their reduction dim, whose partial results are added.
+template <class Part>
+Tensor sum_of_parts(int64_t total, int64_t chunk, const Part& part) {
+  Tensor sum = part(0, std::min(chunk, total));
+  for (int64_t start = chunk; start < total; start += chunk) sum.add_(part(start, std::min(chunk, total - start)));
+  return sum;
+}
+
 // The gradient that flows back through a weight: grad [N, G], w [G, K] -> [N, K] = grad w (the input gradient,
 // a cell's hidden-state gradient). On oneDNN (linear_once's rule) the G products are summed 256 at a time and
 // the partial results added: one oneDNN product sums all G in one chain, which at G = 4H = 1024 measured ~2.2x
@@ -37,14 +46,9 @@ inline Tensor grad_through_weight(const Tensor& grad, const Tensor& w) {
   const int64_t G = grad.size(1);
   // Copying the [N, 256] column blocks costs what a product of K < 64 columns does: one product then.
   if (G <= kTermsPerProduct || w.size(1) < 64 || !onednn_takes(grad, w.t())) return linear_once(grad, w.t());
-  Tensor sum;  // [N, K]
-  for (int64_t start = 0; start < G; start += kTermsPerProduct) {
-    const int64_t terms = std::min(kTermsPerProduct, G - start);
-    Tensor part = onednn::linear(grad.narrow(1, start, terms).contiguous(), w.narrow(0, start, terms).t(),
-                                 std::nullopt);
-    sum = sum.defined() ? sum.add_(part) : part;
-  }
-  return sum;
+  return sum_of_parts(G, kTermsPerProduct, [&](int64_t start, int64_t terms) {  // [N, K]
+    return onednn::linear(grad.narrow(1, start, terms).contiguous(), w.narrow(0, start, terms).t(), std::nullopt);
+  });
 }
 
 // A weight's gradient over all rows: grad [N, G], x [N, K] -> [G, K] = grad^T x, contiguous. CPU float32 on
@@ -64,15 +68,10 @@ inline bool weight_grad_on_onednn(const Tensor& grad, const Tensor& x) {
 
 inline Tensor weight_grad(const Tensor& grad, const Tensor& x) {
   constexpr int64_t kRowsPerProduct = 256;
-  const int64_t N = grad.size(0);
   if (!weight_grad_on_onednn(grad, x)) return grad.t().mm(x);
-  Tensor sum;  // [K, G]
-  for (int64_t start = 0; start < N; start += kRowsPerProduct) {
-    const int64_t rows = std::min(kRowsPerProduct, N - start);
-    Tensor part = onednn::linear(x.narrow(0, start, rows).t().contiguous(), grad.narrow(0, start, rows).t(),
-                                 std::nullopt);
-    sum = sum.defined() ? sum.add_(part) : part;
-  }
+  Tensor sum = sum_of_parts(grad.size(0), kRowsPerProduct, [&](int64_t start, int64_t rows) {  // [K, G]
+    return onednn::linear(x.narrow(0, start, rows).t().contiguous(), grad.narrow(0, start, rows).t(), std::nullopt);
+  });
   return sum.t().contiguous();
 }
 

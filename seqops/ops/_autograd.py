@@ -46,9 +46,8 @@ def _needs_graph(args):
 def _refuse_forward_ad(op, args):
     # The ops have no jvp formula, and a dual input that does not require grad would lose its tangent without a
     # word (the result would look like a plain tensor): refuse instead.
-    from torch.autograd import forward_ad
-
-    if any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args):
+    unpack = torch.autograd.forward_ad.unpack_dual
+    if any(isinstance(a, torch.Tensor) and unpack(a).tangent is not None for a in args):
         raise NotImplementedError(f"{op}: seqops' ops have no forward-mode AD (jvp) formula; use reverse mode, "
                                   "or the pure-PyTorch versions in seqops.reference")
 

@@ -1,11 +1,12 @@
 """The CPU path of seqops' attention ops (no GPU, no Triton interpreter): PyTorch's own CPU flash-attention
 kernels (the ones SDPA picks on the CPU) wherever they compute the same function, the reference elsewhere.
 
-The reference materialises the [B, H, L, S] scores in fp32 and measured 2.3-3.5x slower than SDPA's CPU flash
-kernel at B=2, H=4, L=S=128-512, D=64 (fp32, 2-core AMD EPYC), so a laptop user swapping SDPA for
-seqops.attention lost that. What the CPU kernel cannot take stays on the reference: dropout (seqops draws its
-own reproducible keep-mask), a value head dim other than the query's, float64 (the exact oracle of gradcheck),
-a float mask of another dtype than the query's, a gradient for the mask or for the lse.
+The reference materialises the [B, H, L, S] scores in fp32: in the benchmark results at 79273e1 (B=2, H=4,
+L=S=128-1024, D=64, fp32, 2-core AMD EPYC) it was 2.2-5.7x slower than SDPA's CPU flash kernel forward and
+1.3-5.7x backward, so a laptop user swapping SDPA for seqops.attention lost that. What the CPU kernel cannot
+take stays on the reference: dropout (seqops draws its own reproducible keep-mask), a value head dim other than
+the query's, float64 (the exact oracle of gradcheck), a float mask of another dtype than the query's, a gradient
+for the mask or for the lse.
 
 Two conventions differ and are mapped here: the kernel takes masks as an additive float in the query dtype (a
 bool mask is converted once, on its compact, un-broadcast shape), and it reports lse 0 for a fully masked row
@@ -47,18 +48,19 @@ def _compact(mask):
 
 
 def _additive(mask, dtype):
-    # -> (float mask in dtype, broadcast back to the view's shape, or None; [b, h, L] True where a row of the
-    # compact mask admits no key, or None)
+    # -> the float mask in dtype, broadcast back to the view's shape, or None
     if mask is None:
-        return None, None
+        return None
     compact = _compact(mask)
     if mask.dtype == torch.bool:
-        additive = torch.zeros(compact.shape, dtype=dtype).masked_fill_(~compact, float("-inf"))
-        blocked = ~compact.any(-1)
-    else:
-        additive = compact
-        blocked = torch.isneginf(compact).all(-1)
-    return additive.expand(mask.shape), blocked
+        compact = torch.zeros(compact.shape, dtype=dtype).masked_fill_(~compact, float("-inf"))
+    return compact.expand(mask.shape)
+
+
+def _blocked_rows(mask):
+    # -> [b, h, L] True where a row of the compact mask admits no key
+    compact = _compact(mask)
+    return ~compact.any(-1) if mask.dtype == torch.bool else torch.isneginf(compact).all(-1)
 
 
 def _unit_last_stride(t):
@@ -77,11 +79,10 @@ def forward(q, k, v, mask, scale, is_causal):
     """-> out [B, H, L, Ev] contiguous (q.dtype), lse [B, H, L] fp32, natural log, -inf for a fully masked row."""
     group = q.shape[1] // k.shape[1]
     q, k, v = (_unit_last_stride(t) for t in (q, k, v))
-    additive, blocked = _additive(mask, q.dtype)
-    out, lse = _flash(q, _repeat_heads(k, group), _repeat_heads(v, group), 0.0, is_causal, attn_mask=additive,
-                      scale=scale)
-    if blocked is not None:
-        lse = lse.masked_fill(blocked.expand(lse.shape), float("-inf"))
+    out, lse = _flash(q, _repeat_heads(k, group), _repeat_heads(v, group), 0.0, is_causal,
+                      attn_mask=_additive(mask, q.dtype), scale=scale)
+    if mask is not None:
+        lse = lse.masked_fill(_blocked_rows(mask).expand(lse.shape), float("-inf"))
     return out.contiguous(), lse.float().contiguous()
 
 
@@ -90,10 +91,9 @@ def backward(dout, q, k, v, mask, out, lse, scale, is_causal):
     Hkv = k.shape[1]
     group = q.shape[1] // Hkv
     dout, q, k, v, out = (_unit_last_stride(t) for t in (dout, q, k, v, out))
-    additive, _ = _additive(mask, q.dtype)
     lse_kernel = lse.masked_fill(torch.isneginf(lse), 0.0)  # the kernel's convention for fully masked rows
     dq, dk, dv = _flash_backward(dout, q, _repeat_heads(k, group), _repeat_heads(v, group), out, lse_kernel, 0.0,
-                                 is_causal, attn_mask=additive, scale=scale)
+                                 is_causal, attn_mask=_additive(mask, q.dtype), scale=scale)
     if group > 1:  # each key/value head served `group` query heads
         dk = dk.unflatten(1, (Hkv, group)).sum(2)
         dv = dv.unflatten(1, (Hkv, group)).sum(2)
