@@ -241,3 +241,14 @@ def test_a_torch_without_the_cpu_kernel_takes_the_reference(monkeypatch):
     monkeypatch.setattr(attention_cpu, "_flash", None)
     q, k, v = make_qkv((1, 2, 7, 8), (1, 2, 9, 8), (1, 2, 9, 8))
     _check_against_oracle(q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_opcheck_of_the_backward_op_on_the_cpu_kernel(flash_calls, masked):
+    q, k, v = make_qkv((1, 4, 9, 16), (1, 2, 11, 16), (1, 2, 11, 16), requires_grad=False)  # GQA too
+    mask = (torch.rand(1, 1, 9, 11) > 0.3).expand(1, 4, 9, 11) if masked else None
+    out, lse = torch.ops.seqops.attention_fwd(q, k, v, mask, None, 0.25, not masked, 0.0)
+    dout = torch.randn_like(out)
+    args = (dout, None, q, k, v, mask, None, out, lse, 0.25, not masked, 0.0, False)
+    torch.library.opcheck(torch.ops.seqops.attention_bwd, args)
+    assert flash_calls["bwd"] >= 1
