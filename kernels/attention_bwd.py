@@ -18,7 +18,7 @@ from .attention_common import (
     DKDV_CONFIGS_SM90,
     DQ_CONFIGS_DEFAULT,
     DQ_CONFIGS_SM90,
-    INTERPRET_BLOCKS,
+    INTERPRET_TILES,
     INTERPRETING,
     LOG2E,
     LOG2E_K,
@@ -240,6 +240,8 @@ def attention_bwd_dq_kernel(
     PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # The causal split falls on a query-tile boundary, which must also be a key-tile boundary.
+    tl.static_assert(BLOCK_M % BLOCK_N == 0, "BLOCK_M must be a multiple of BLOCK_N")
     m_tile, bh = tile_and_head(tl.cdiv(L, BLOCK_M), IS_CAUSAL)
     start_m = m_tile * BLOCK_M
     off_b = (bh // H).to(tl.int64)
@@ -350,11 +352,11 @@ def attention_backward(do, q, k, v, out, lse, mask, scale, is_causal, dropout_p,
     dq_args = (q, k, v, mask_ptr, seed_ptr, do, lse, delta, dq, dmask if need_dmask else q, *common)
     dq_meta = dict(meta, HAS_DMASK=need_dmask)
     if interpret:
-        block_m, block_n = INTERPRET_BLOCKS
-        launch_with_optional_tma(attention_bwd_dkdv_kernel[(triton.cdiv(S, block_m) * B * Hkv,)], dkdv_args,
-                                 dict(meta, BLOCK_M=block_n, BLOCK_N=block_m), (q, do))
-        launch_with_optional_tma(attention_bwd_dq_kernel[(triton.cdiv(L, block_m) * B * H,)], dq_args,
-                                 dict(dq_meta, BLOCK_M=block_m, BLOCK_N=block_n), (k, v))
+        (dkdv_m, dkdv_n), (dq_m, dq_n) = INTERPRET_TILES["dkdv"], INTERPRET_TILES["dq"]
+        launch_with_optional_tma(attention_bwd_dkdv_kernel[(triton.cdiv(S, dkdv_n) * B * Hkv,)], dkdv_args,
+                                 dict(meta, BLOCK_M=dkdv_m, BLOCK_N=dkdv_n), (q, do))
+        launch_with_optional_tma(attention_bwd_dq_kernel[(triton.cdiv(L, dq_m) * B * H,)], dq_args,
+                                 dict(dq_meta, BLOCK_M=dq_m, BLOCK_N=dq_n), (k, v))
     else:
         sm90 = is_sm90(q.device)
         dkdv_kernel, dq_kernel = (_dkdv_sm90, _dq_sm90) if sm90 else (_dkdv_default, _dq_default)

@@ -32,9 +32,11 @@ LN2_K = tl.constexpr(0.6931471805599453)
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# (BLOCK_M, BLOCK_N) of the fixed interpreter config: the largest tiles that keep per-program numpy work cheap
-# while small test shapes still span several blocks (exercising the block loops and boundaries).
-INTERPRET_BLOCKS = (32, 16)
+# (BLOCK_M, BLOCK_N) of each kernel in the interpreter, read at every launch: the largest tiles that keep
+# per-program numpy work cheap while small test shapes still span several blocks (exercising the block loops
+# and boundaries). dK/dV keeps its keys resident, so there BLOCK_N is the larger. tests/test_attention_tiles.py
+# swaps in, one at a time, every tile the GPU configurations below can pick.
+INTERPRET_TILES = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
 
 
 @triton.jit

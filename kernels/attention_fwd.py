@@ -13,7 +13,7 @@ from .attention_common import (
     AUTOTUNE_KEY,
     FWD_CONFIGS_DEFAULT,
     FWD_CONFIGS_SM90,
-    INTERPRET_BLOCKS,
+    INTERPRET_TILES,
     INTERPRETING,
     LN2_K,
     LOG2E,
@@ -92,6 +92,8 @@ def attention_fwd_kernel(
     PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # The causal split falls on a query-tile boundary, which must also be a key-tile boundary.
+    tl.static_assert(BLOCK_M % BLOCK_N == 0, "BLOCK_M must be a multiple of BLOCK_N")
     m_tile, bh = tile_and_head(tl.cdiv(L, BLOCK_M), IS_CAUSAL)
     start_m = m_tile * BLOCK_M
     off_b = (bh // H).to(tl.int64)
@@ -192,7 +194,7 @@ def attention_forward(q, k, v, mask, scale, is_causal, dropout_p, seed):
         BLOCK_D=next_pow2_at_least_16(E), BLOCK_DV=next_pow2_at_least_16(EV),
     )
     if INTERPRETING or q.device.type != "cuda":
-        block_m, block_n = INTERPRET_BLOCKS
+        block_m, block_n = INTERPRET_TILES["fwd"]
         launch_with_optional_tma(attention_fwd_kernel[(triton.cdiv(L, block_m) * B * H,)], args,
                                  dict(meta, BLOCK_M=block_m, BLOCK_N=block_n), (k, v))
     else:
