@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from seqops.ops.attention_layout import empty_in_layout
+
 from .attention_common import (
     AUTOTUNE_KEY,
     DKDV_CONFIGS_DEFAULT,
@@ -107,12 +109,12 @@ def _dkdv_query_blocks(
 
 
 # Q, DO: [B, H, L, E|EV], K, V: [B, Hkv, S, E|EV], Mask: [B, H, L, S] view, Lse, Delta: [B, H, L] fp32
-# -> DK: [B, Hkv, S, E], DV: [B, Hkv, S, EV] contiguous.  grid: (cdiv(S, BLOCK_N) * B * Hkv,)
+# -> DK: [B, Hkv, S, E], DV: [B, Hkv, S, EV], unit last stride.  grid: (cdiv(S, BLOCK_N) * B * Hkv,)
 @triton.jit
 def attention_bwd_dkdv_kernel(
     Q, K, V, Mask, Seed, DO, Lse, Delta, DK, DV,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-    smb, smh, smm, smn, sdob, sdoh, sdom, sdod,
+    smb, smh, smm, smn, sdob, sdoh, sdom, sdod, sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
     H, GROUP, L, S, E, EV, L_BUCKET, S_BUCKET, qk_scale, sm_scale, dropout_p, drop_scale,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr,
@@ -179,11 +181,12 @@ def attention_bwd_dkdv_kernel(
             sqm, sqd, sdom, sdod, smm, smn, L, S, E, EV, qk_scale, dropout_p, drop_scale,
             MASK_KIND, False, True, HAS_DROPOUT, PRECISION, USE_TMA, PAD_D, BLOCK_M)
 
-    out_rows = bhkv.to(tl.int64) * S + offs_n
-    tl.store(DK + out_rows[:, None] * E + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
-             mask=in_keys[:, None] & (offs_d[None, :] < E))
-    tl.store(DV + out_rows[:, None] * EV + offs_dv[None, :], dv.to(DV.dtype.element_ty),
-             mask=in_keys[:, None] & (offs_dv[None, :] < EV))
+    # 64-bit row offsets: a gradient laid out [B, S, Hkv, E] (heads interleaved) spans S * Hkv * E per head.
+    rows = offs_n.to(tl.int64)[:, None]
+    tl.store(DK + off_b * sdkb + off_hkv * sdkh + rows * sdkn + offs_d[None, :],
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=in_keys[:, None] & (offs_d[None, :] < E))
+    tl.store(DV + off_b * sdvb + off_hkv * sdvh + rows * sdvn + offs_dv[None, :],
+             dv.to(DV.dtype.element_ty), mask=in_keys[:, None] & (offs_dv[None, :] < EV))
 
 
 @triton.jit
@@ -228,13 +231,13 @@ def _dq_key_blocks(
 
 
 # Q, DO: [B, H, L, E|EV], K, V: [B, Hkv, S, E|EV], Mask: [B, H, L, S] view, Lse, Delta: [B, H, L] fp32
-# -> DQ: [B, H, L, E] contiguous; DMask (HAS_DMASK): [B, H, L, S] fp32 contiguous, zero-initialised (blocks
-# above the causal diagonal are never written).  grid: (cdiv(L, BLOCK_M) * B * H,)
+# -> DQ: [B, H, L, E], unit last stride; DMask (HAS_DMASK): [B, H, L, S] fp32 contiguous, zero-initialised
+# (blocks above the causal diagonal are never written).  grid: (cdiv(L, BLOCK_M) * B * H,)
 @triton.jit
 def attention_bwd_dq_kernel(
     Q, K, V, Mask, Seed, DO, Lse, Delta, DQ, DMask,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-    smb, smh, smm, smn, sdob, sdoh, sdom, sdod,
+    smb, smh, smm, smn, sdob, sdoh, sdom, sdod, sdqb, sdqh, sdqm,
     H, GROUP, L, S, E, EV, L_BUCKET, S_BUCKET, qk_scale, sm_scale, dropout_p, drop_scale,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_DMASK: tl.constexpr,
     PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr,
@@ -287,7 +290,7 @@ def attention_bwd_dq_kernel(
         dq, q, do, lse2, delta, K_head, V_head, Mask_head, DMask_row, seed, bh, offs_m, offs_d, offs_dv,
         split, hi, skn, skd, svn, svd, smm, smn, L, S, E, EV, qk_scale, dropout_p, drop_scale,
         MASK_KIND, IS_CAUSAL, True, HAS_DROPOUT, HAS_DMASK, PRECISION, USE_TMA, PAD_D, BLOCK_N)
-    tl.store(DQ + (bh.to(tl.int64) * L + offs_m[:, None]) * E + offs_d[None, :],
+    tl.store(DQ + off_b * sdqb + off_h * sdqh + offs_m.to(tl.int64)[:, None] * sdqm + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_rows[:, None] & (offs_d[None, :] < E))
 
 
@@ -310,15 +313,14 @@ _dq_sm90, _dq_default = _autotuned(
 
 # do, q, out: [B, H, L, E|EV], k, v: [B, Hkv, S, E|EV], lse: [B, H, L] fp32, mask: None or [B, H, L, S] view,
 # seed: [1] int64, dlse: None or [B, H, L] (gradient of the lse output)
-# -> (dq, dk, dv) contiguous in the input dtypes, and dmask [B, H, L, S] fp32 (or None).
+# -> (dq, dk, dv) in the input dtypes, each in its input's layout (seqops/ops/attention_layout.py), and dmask
+# [B, H, L, S] fp32 (or None).
 def attention_backward(do, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed, need_dmask, dlse=None):
+    dq, dk, dv = (empty_in_layout(t, t.shape) for t in (q, k, v))  # the layouts of the caller's tensors
     do, q, k, v, out = (within_int32_rows(t) for t in (do, q, k, v, out))
     lse = lse.contiguous()  # indexed as [B*H, L] rows; the op's own lse is already
     B, H, L, E = q.shape
     Hkv, S, EV = k.shape[1], k.shape[2], v.shape[3]
-    dq = torch.empty((B, H, L, E), device=q.device, dtype=q.dtype)
-    dk = torch.empty((B, Hkv, S, E), device=q.device, dtype=k.dtype)
-    dv = torch.empty((B, Hkv, S, EV), device=q.device, dtype=v.dtype)
     dmask = torch.zeros((B, H, L, S), device=q.device, dtype=torch.float32) if need_dmask else None
     if B * H * L * S == 0:
         dq.zero_(), dk.zero_(), dv.zero_()
@@ -339,8 +341,8 @@ def attention_backward(do, q, k, v, out, lse, mask, scale, is_causal, dropout_p,
     mask_ptr, mask_strides = mask_args(mask, q)
     has_dropout = dropout_p > 0.0
     seed_ptr = seed if has_dropout else q
-    common = (
-        *q.stride(), *k.stride(), *v.stride(), *mask_strides, *do.stride(),
+    strides = (*q.stride(), *k.stride(), *v.stride(), *mask_strides, *do.stride())
+    scalars = (
         H, H // Hkv, L, S, E, EV, length_bucket(L), length_bucket(S), scale * LOG2E, scale, dropout_p,
         0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p),
     )
@@ -348,8 +350,10 @@ def attention_backward(do, q, k, v, out, lse, mask, scale, is_causal, dropout_p,
         MASK_KIND=mask_kind(mask, L, S), IS_CAUSAL=bool(is_causal), HAS_DROPOUT=has_dropout,
         PRECISION=dot_precision(q.dtype), PAD_D=padded_head_dims(E, EV), BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV,
     )
-    dkdv_args = (q, k, v, mask_ptr, seed_ptr, do, lse, delta, dk, dv, *common)
-    dq_args = (q, k, v, mask_ptr, seed_ptr, do, lse, delta, dq, dmask if need_dmask else q, *common)
+    dkdv_args = (q, k, v, mask_ptr, seed_ptr, do, lse, delta, dk, dv, *strides, *dk.stride()[:3],
+                 *dv.stride()[:3], *scalars)
+    dq_args = (q, k, v, mask_ptr, seed_ptr, do, lse, delta, dq, dmask if need_dmask else q, *strides,
+               *dq.stride()[:3], *scalars)
     dq_meta = dict(meta, HAS_DMASK=need_dmask)
     if interpret:
         (dkdv_m, dkdv_n), (dq_m, dq_n) = INTERPRET_TILES["dkdv"], INTERPRET_TILES["dq"]

@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from seqops.ops.attention_layout import empty_in_layout
+
 from .attention_common import (
     AUTOTUNE_KEY,
     FWD_CONFIGS_DEFAULT,
@@ -170,12 +172,12 @@ _fwd_default = triton.autotune(
 
 # q: [B, H, L, E], k: [B, Hkv, S, E], v: [B, Hkv, S, EV], mask: None or [B, H, L, S] (bool or float view),
 # seed: [1] int64 on q's device (used when dropout_p > 0)
-# -> (out [B, H, L, EV] in q.dtype, lse [B, H, L] fp32)
+# -> (out [B, H, L, EV] in q.dtype and q's layout (seqops/ops/attention_layout.py), lse [B, H, L] fp32)
 def attention_forward(q, k, v, mask, scale, is_causal, dropout_p, seed):
+    out = empty_in_layout(q, (*q.shape[:3], v.shape[3]))  # the layout of the caller's q
     q, k, v = (within_int32_rows(t) for t in (q, k, v))
     B, H, L, E = q.shape
     Hkv, S, EV = k.shape[1], k.shape[2], v.shape[3]
-    out = torch.empty((B, H, L, EV), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
     if B * H * L == 0:
         return out, lse

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from seqops.ops import attention_cpu
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd
+from seqops.ops.attention_layout import empty_in_layout, in_layout
 from seqops.reference.attention import attention_with_lse as reference_attention_with_lse
 
 __all__ = ["attention", "attention_with_lse", "attention_dropout_mask"]
@@ -77,7 +78,7 @@ def _reference_forward(q, k, v, mask, seed, scale, is_causal, dropout_p):
     out, lse = reference_attention_with_lse(
         q, k, v, mask, dropout_p, is_causal, scale, enable_gqa=True, upcast=True, dropout_mask=keep
     )
-    return out.contiguous(), lse.to(_lse_dtype(q.dtype))
+    return in_layout(out, q), lse.to(_lse_dtype(q.dtype))
 
 
 def _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_causal, dropout_p):
@@ -113,7 +114,8 @@ def _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_cau
     dq = (ds @ kc) * scale
     dk = ((ds.transpose(-2, -1) @ qc) * scale).unflatten(1, (Hkv, group)).sum(2)
     dv = (p_dropped.transpose(-2, -1) @ doc).unflatten(1, (Hkv, group)).sum(2)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), ds.to(_lse_dtype(q.dtype))
+    return (in_layout(dq.to(q.dtype), q), in_layout(dk.to(k.dtype), k), in_layout(dv.to(v.dtype), v),
+            ds.to(_lse_dtype(q.dtype)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -126,7 +128,8 @@ def attention_fwd(
     scale: float, is_causal: bool, dropout_p: float,
 ) -> tuple[Tensor, Tensor]:
     # q: [B, H, L, E], k: [B, Hkv, S, E], v: [B, Hkv, S, Ev], mask: [B, H, L, S] view, seed: [1] int64
-    # -> out: [B, H, L, Ev] (q.dtype), lse: [B, H, L] fp32, fp64 for fp64 (natural log, -inf if fully masked)
+    # -> out: [B, H, L, Ev] (q.dtype, q's layout: attention_layout.py), lse: [B, H, L] fp32, fp64 for fp64
+    #    (natural log, -inf if fully masked)
     if _runs_kernels(q, v):
         from seqops.kernels.attention_fwd import attention_forward
 
@@ -139,7 +142,7 @@ def attention_fwd(
 @attention_fwd.register_fake
 def _attention_fwd_fake(q, k, v, mask, seed, scale, is_causal, dropout_p):
     B, H, L, _ = q.shape
-    return q.new_empty((B, H, L, v.shape[-1])), q.new_empty((B, H, L), dtype=_lse_dtype(q.dtype))
+    return empty_in_layout(q, (B, H, L, v.shape[-1])), q.new_empty((B, H, L), dtype=_lse_dtype(q.dtype))
 
 
 @torch.library.custom_op("seqops::attention_bwd", mutates_args=())
@@ -148,7 +151,7 @@ def attention_bwd(
     seed: Tensor | None, out: Tensor, lse: Tensor, scale: float, is_causal: bool, dropout_p: float,
     need_dmask: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    # -> dq [B, H, L, E], dk [B, Hkv, S, E], dv [B, Hkv, S, Ev],
+    # -> dq [B, H, L, E], dk [B, Hkv, S, E], dv [B, Hkv, S, Ev], each in its input's layout,
     #    dmask [B, H, L, S] in the lse dtype ([0] when not needed)
     if _runs_kernels(q, v):
         from seqops.kernels.attention_bwd import attention_backward
@@ -171,9 +174,7 @@ def attention_bwd(
 def _attention_bwd_fake(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_causal, dropout_p, need_dmask):
     B, H, L, _ = q.shape
     dmask_shape = (B, H, L, k.shape[2]) if need_dmask else (0,)
-    return (torch.empty_like(q, memory_format=torch.contiguous_format),
-            torch.empty_like(k, memory_format=torch.contiguous_format),
-            torch.empty_like(v, memory_format=torch.contiguous_format),
+    return (empty_in_layout(q, q.shape), empty_in_layout(k, k.shape), empty_in_layout(v, v.shape),
             q.new_empty(dmask_shape, dtype=_lse_dtype(q.dtype)))
 
 

@@ -15,6 +15,8 @@ where seqops reports -inf (its backward wants its own convention back).
 
 import torch
 
+from seqops.ops.attention_layout import in_layout
+
 # Private ATen ops (torch >= 2.2): where a build lacks them, every call takes the reference.
 _flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _flash_backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
@@ -76,20 +78,23 @@ def _repeat_heads(t, group):
 
 
 def forward(q, k, v, mask, scale, is_causal):
-    """-> out [B, H, L, Ev] contiguous (q.dtype), lse [B, H, L] fp32, natural log, -inf for a fully masked row."""
+    """-> out [B, H, L, Ev] in q's layout (q.dtype), lse [B, H, L] fp32, natural log, -inf for a fully masked
+    row."""
     group = q.shape[1] // k.shape[1]
+    like_q = q
     q, k, v = (_unit_last_stride(t) for t in (q, k, v))
     out, lse = _flash(q, _repeat_heads(k, group), _repeat_heads(v, group), 0.0, is_causal,
                       attn_mask=_additive(mask, q.dtype), scale=scale)
     if mask is not None:
         lse = lse.masked_fill(_blocked_rows(mask).expand(lse.shape), float("-inf"))
-    return out.contiguous(), lse.float().contiguous()
+    return in_layout(out, like_q), lse.float().contiguous()
 
 
 def backward(dout, q, k, v, mask, out, lse, scale, is_causal):
-    """-> dq [B, H, L, E], dk [B, Hkv, S, E], dv [B, Hkv, S, Ev], each in its input's dtype."""
+    """-> dq [B, H, L, E], dk [B, Hkv, S, E], dv [B, Hkv, S, Ev], each in its input's dtype and layout."""
     Hkv = k.shape[1]
     group = q.shape[1] // Hkv
+    like = (q, k, v)
     dout, q, k, v, out = (_unit_last_stride(t) for t in (dout, q, k, v, out))
     lse_kernel = lse.masked_fill(torch.isneginf(lse), 0.0)  # the kernel's convention for fully masked rows
     dq, dk, dv = _flash_backward(dout, q, _repeat_heads(k, group), _repeat_heads(v, group), out, lse_kernel, 0.0,
@@ -97,4 +102,4 @@ def backward(dout, q, k, v, mask, out, lse, scale, is_causal):
     if group > 1:  # each key/value head served `group` query heads
         dk = dk.unflatten(1, (Hkv, group)).sum(2)
         dv = dv.unflatten(1, (Hkv, group)).sum(2)
-    return dq.contiguous(), dk.contiguous(), dv.contiguous()  # the layout the op's fake kernel declares
+    return tuple(in_layout(grad, x) for grad, x in zip((dq, dk, dv), like))  # what the op's fake declares
