@@ -151,12 +151,17 @@ def _bad_inputs():
     for kind in ("LSTMCell", "GRUCell", "RNNCell_tanh"):
         yield kind, "3d_input", (torch.randn(1, B, I), None), ValueError, True
         yield kind, "3d_state", (torch.randn(B, I), _state(kind, 1, B, H)), ValueError, True
+        yield kind, "1d_state_batched_input", (torch.randn(B, I), _state(kind, H)), RuntimeError, False
+        yield kind, "2d_state_unbatched_input", (torch.randn(I), _state(kind, 1, H)), RuntimeError, False
         yield kind, "wrong_input_size", (torch.randn(B, I + 1), None), RuntimeError, False
         yield kind, "wrong_hidden_size", (torch.randn(B, I), _state(kind, B, H + 1)), RuntimeError, False
         yield kind, "batch_mismatch", (torch.randn(B, I), _state(kind, B + 1, H)), RuntimeError, False
         yield kind, "input_dtype", (torch.randn(B, I, dtype=torch.float64), None), RuntimeError, False
         wrong_dtype_state = _state(kind, B, H, dtype=torch.float64)
         yield kind, "state_dtype", (torch.randn(B, I), wrong_dtype_state), RuntimeError, False
+    yield "LSTMCell", "hx_a_tensor", (torch.randn(B, I), torch.randn(B, H)), TypeError, False
+    yield "LSTMCell", "hx_one_state", (torch.randn(B, I), (torch.randn(B, H),)), RuntimeError, False
+    yield "LSTMCell", "hx_three_states", (torch.randn(B, I), (torch.randn(B, H),) * 3), RuntimeError, False
 
 
 @pytest.mark.parametrize("kind,case,args,error,same_message", list(_bad_inputs()),
@@ -166,7 +171,7 @@ def test_bad_inputs_raise_like_torch(kind, case, args, error, same_message):
     if same_message:
         assert ours_message == theirs_message
     else:  # torch.nn's text comes from its kernels; seqops' names the op and the offending tensor
-        assert ours_message.split(":")[0] in {"lstm_cell", "gru_cell", "rnn_cell"}
+        assert ours_message.split(":")[0] in {"lstm_cell", "gru_cell", "rnn_cell", "rnn_tanh_cell", "rnn_relu_cell"}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -240,16 +245,20 @@ def test_low_precision_matches_torch_nn(device, kind, dtype):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("kind", KINDS)
 def test_autocast_computes_in_the_autocast_dtype(device, kind):
-    # One rule for every cell and device, as on CUDA in torch.nn (its CPU policy differs per cell).
+    # Returned in torch.nn's dtype and computed in it: the autocast dtype, except on the CPU for LSTMCell and
+    # GRUCell with float32 states, where torch's composites promote to float32 (see seqops/nn/_autocast.py).
     dtype = torch.bfloat16 if device == "cpu" else torch.float16
     theirs, ours = cell_pair(kind)
     x, hx, leaves = make_inputs(kind, True, True, torch.float32, device)
     with torch.autocast(device, dtype=dtype):
         actual = run(ours.to(device), x, hx, leaves)
-    assert all(v.dtype == dtype for k, v in actual.items() if k.startswith("out"))
+        baseline = run(theirs.to(device), x, hx, leaves)
+    expected_dtype = torch.float32 if device == "cpu" and kind in ("LSTMCell", "GRUCell") else dtype
+    for key in (k for k in actual if k.startswith("out")):
+        assert actual[key].dtype == baseline[key].dtype == expected_dtype, key
     assert all(v.dtype == torch.float32 for k, v in actual.items() if k.startswith("grad_"))
-    # Same numbers as the cell run on inputs and weights cast to that dtype by hand.
-    cast = [t.detach().to(dtype).requires_grad_() for t in leaves]
-    by_hand = run(ours.to(dtype), cast[0], tuple(cast[1:]) if kind == "LSTMCell" else cast[1], cast)
+    # Same numbers as the cell run on inputs and weights cast to the result dtype by hand.
+    cast = [t.detach().to(expected_dtype).requires_grad_() for t in leaves]
+    by_hand = run(ours.to(expected_dtype), cast[0], tuple(cast[1:]) if kind == "LSTMCell" else cast[1], cast)
     for key in actual:
         torch.testing.assert_close(actual[key], by_hand[key].to(actual[key].dtype), msg=key)

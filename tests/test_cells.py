@@ -299,9 +299,10 @@ def test_bad_shapes_raise_clear_errors(kind):
         call(kind, fn, x, (torch.randn(3, 6), *states[1:]), weights)
     with pytest.raises(RuntimeError, match="hx"):
         call(kind, fn, x, (torch.randn(2, 5), *states[1:]), weights)
-    with pytest.raises(ValueError, match="1-D or 2-D"):
+    # torch's functional cells raise RuntimeError for these (from their kernels), seqops with its own text.
+    with pytest.raises(RuntimeError, match="1-D or 2-D"):
         call(kind, fn, torch.randn(2, 3, 4), states, weights)
-    with pytest.raises(ValueError, match="hidden state"):
+    with pytest.raises(RuntimeError, match="hidden state"):
         call(kind, fn, x, (torch.randn(5), *states[1:]), weights)
     with pytest.raises(RuntimeError, match="bias"):
         call(kind, fn, x, states, [weights[0], weights[1], torch.randn(7), weights[3]])
@@ -309,6 +310,12 @@ def test_bad_shapes_raise_clear_errors(kind):
     with pytest.raises(RuntimeError, match="multiple of 4|multiple of 3|expected w_hh of shape"):
         call(kind, fn, x, states, [torch.randn(weights[0].shape[0] + 1, 4), *weights[1:]])
     if kind == "lstm":
+        for theirs_fn in (torch.lstm_cell, fn):  # hx must be a pair, with torch's error types
+            with pytest.raises(TypeError, match="tuple"):
+                theirs_fn(x, states[0], *weights)
+            for wrong in (states[:1], states * 2):
+                with pytest.raises(RuntimeError, match="two hidden states"):
+                    theirs_fn(x, wrong, *weights)
         with pytest.raises(RuntimeError, match="cx"):
             call(kind, fn, x, (states[0], torch.randn(3, 6)), weights)
 
@@ -350,13 +357,20 @@ def test_cuda_matches_cpu(kind, dtype):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_functional_cells_follow_autocast(kind):
-    # Under autocast the op computes in the autocast dtype, like torch's cells; outside, in the input's dtype.
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_functional_cells_follow_autocast(kind, state_dtype):
+    # Under autocast the op returns torch's op's dtype and computes in it: the autocast dtype, except that on the
+    # CPU lstm_cell and gru_cell promote with the carried state's dtype (float32 states: float32).
     _, x, states, weights = make_case(kind, 3, 4, 5)
+    states = tuple(s.to(state_dtype) for s in states)
+    torch_cell = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn_tanh": torch.rnn_tanh_cell,
+                  "rnn_relu": torch.rnn_relu_cell}[kind]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outs = call(kind, CELLS[kind][0], x, states, weights)
-    low = [w.to(torch.bfloat16) if w is not None else None for w in weights]
-    expected = call(kind, CELLS[kind][0], x.bfloat16(), tuple(s.bfloat16() for s in states), low)
-    for ours, exp in zip(outs, expected):
-        assert ours.dtype == torch.bfloat16
+        theirs = call(kind, torch_cell, x, states, weights)
+    dtype = theirs[0].dtype  # and the dtype seqops computes in
+    low = [w.to(dtype) if w is not None else None for w in weights]
+    expected = call(kind, CELLS[kind][0], x.to(dtype), tuple(s.to(dtype) for s in states), low)
+    for ours, their, exp in zip(outs, theirs, expected):
+        assert ours.dtype == their.dtype == dtype
         torch.testing.assert_close(ours, exp)

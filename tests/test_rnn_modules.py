@@ -480,8 +480,9 @@ def _assert_flash_attention_rule(actual, baseline, expected):
 
 
 def _autocast_params():
-    # On the CPU torch.nn's GRU ignores autocast (stays fp32), so only LSTM and RNN compare there.
-    yield from (_on("cpu", mode) for mode in ("LSTM", "RNN_TANH"))
+    # The CPU GRU returns float32, as torch.nn's does. RNN_RELU is left to test_rnn_layer_ops' error-rule test,
+    # which keeps pre-activations off relu's kink: a bf16 rounding across 0 flips a whole gradient row.
+    yield from (_on("cpu", mode) for mode in MODES if mode != "RNN_RELU")
     yield from (_on("cuda", mode) for mode in MODES)
 
 
@@ -497,7 +498,7 @@ def test_autocast_runs_in_low_precision_like_torch_nn(device, mode):
     with torch.autocast(device, dtype=dtype):
         actual = run(ours.to(device), mode, leaves[0], hx, leaves)
         baseline = run(theirs.to(device), mode, leaves[0], hx, leaves)
-    assert actual["output"].dtype == baseline["output"].dtype == dtype
+    assert actual["output"].dtype == baseline["output"].dtype  # float32 for the CPU GRU: autocast_result_dtypes
     assert all(p.dtype == torch.float32 for k, p in actual.items() if k.startswith("grad_"))
     _assert_flash_attention_rule(actual, baseline, expected)
 
@@ -517,14 +518,47 @@ def test_fp32_backward_inside_an_autocast_region_stays_fp32(mode):
         torch.testing.assert_close(in_autocast, plain, rtol=0, atol=0)
 
 
-def test_autocast_gru_on_cpu_computes_in_the_autocast_dtype():
-    # torch.nn.GRU keeps fp32 under CPU autocast; seqops follows one rule for every module and device.
+@pytest.mark.parametrize("mode,options,packed", [
+    ("LSTM", {}, False), ("LSTM", {}, True), ("LSTM", {"proj_size": 3}, False), ("LSTM", {"proj_size": 3}, True),
+    ("GRU", {"num_layers": 2}, False), ("GRU", {}, True), ("RNN_TANH", {}, False), ("RNN_RELU", {}, True),
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("state_dtype", [None, torch.float32, "low"])
+def test_autocast_result_dtypes_are_torch_nn_s_on_the_cpu(mode, options, packed, dtype, state_dtype):
+    # torch.nn's CPU RNNs return float32 under autocast where a float32 state meets the GEMMs in composite math
+    # (GRU; LSTM packed or projected, its c_n always): seqops computes in the autocast dtype and returns those.
+    theirs, ours = module_pair(mode, **options)
+    P = options.get("proj_size", 0) or H
+    x = torch.randn(T, B, I)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([T, T - 1, 2]), enforce_sorted=False)
+    hx = None
+    if state_dtype is not None:
+        sd = dtype if state_dtype == "low" else state_dtype
+        layers = theirs.num_layers
+        hx = torch.randn(layers, B, P, dtype=sd)
+        hx = (hx, torch.randn(layers, B, H, dtype=sd)) if mode == "LSTM" else hx
+    dtypes = []
+    for module in (theirs, ours):
+        with torch.autocast("cpu", dtype=dtype):
+            try:
+                out, h_n = module(x, hx)
+            except RuntimeError as err:  # torch.nn's oneDNN LSTM has no fp16 kernel on the CPU
+                assert module is theirs and dtype == torch.float16 and "primitive" in str(err)
+                return
+        out = out.data if packed else out
+        dtypes.append([t.dtype for t in (out, *(h_n if mode == "LSTM" else (h_n,)))])
+    assert dtypes[0] == dtypes[1]
+
+
+def test_autocast_gru_on_cpu_returns_and_computes_float32_like_torch_nn():
     _, ours = module_pair("GRU")
     x = torch.randn(T, B, I, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, h = ours(x)
-    assert out.dtype == h.dtype == torch.bfloat16
-    out.float().sum().backward()
+    assert out.dtype == h.dtype == torch.float32
+    torch.testing.assert_close(out, ours(x)[0], rtol=0, atol=0)
+    out.sum().backward()
     assert x.grad.dtype == torch.float32 and all(p.grad.dtype == torch.float32 for p in ours.parameters())
 
 
@@ -638,3 +672,20 @@ def test_cpu_float32_weight_gradients_at_scale_match_torch_nn(mode, packed):
         torch_err = (baseline[key].double() - want).abs().max().item()
         ulp = torch.finfo(torch.float32).eps * want.abs().max().item()
         assert err <= 2 * torch_err + ulp, f"{mode} {key}: {err:.3e} > 2 x torch.nn's {torch_err:.3e} + {ulp:.2e}"
+
+
+@pytest.mark.parametrize("name,options", [("LSTM", {"num_layers": 2, "bidirectional": True}),
+                                          ("LSTM", {"proj_size": 2}), ("GRU", {}), ("RNN", {}),
+                                          ("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {})])
+def test_meta_device_gives_torch_nn_s_shapes_forward_and_backward(name, options):
+    # Shape inference without memory (model sizing, torch.device("meta") initialisation): the fake kernels run.
+    shapes = []
+    for lib in (nn, seqops):
+        module = getattr(lib, name)(4, 5, device="meta", **options)
+        x = torch.empty(6, 3, 4, device="meta", requires_grad=True) if "Cell" not in name else \
+            torch.empty(3, 4, device="meta", requires_grad=True)
+        out = module(x)
+        first = out[0] if isinstance(out, tuple) else out
+        first.sum().backward()
+        shapes.append([tuple(first.shape), tuple(x.grad.shape), *(tuple(p.grad.shape) for p in module.parameters())])
+    assert shapes[0] == shapes[1]

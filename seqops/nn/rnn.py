@@ -7,13 +7,16 @@ are overridden. Not inheriting from ``nn.LSTM``/``nn.GRU``/``nn.RNN`` is deliber
 to trace any instance of those three classes (a graph break, an error under ``fullgraph=True``), which
 would defeat the point of a compilable RNN. ``isinstance(m, nn.RNNBase)`` holds.
 
-Under ``torch.autocast`` the modules compute in the autocast dtype on every device (see _autocast.py).
+Under ``torch.autocast`` the modules compute in the autocast dtype on every device and return torch.nn's
+result dtypes, which on the CPU are float32 for GRU and for packed or projected LSTM with float32 states
+(see _autocast.py).
 """
 
+import torch
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from seqops.nn._autocast import autocast_dtype, autocast_off, cast
+from seqops.nn._autocast import autocast_dtype, autocast_off, cast, cast_result, result_dtype
 from seqops.ops.rnn_layer import _onednn_lstm_applies, rnn_layer
 from seqops.ops.rnn_stack import rnn_stack, weights_from_flat
 
@@ -36,8 +39,31 @@ class _SeqopsRNNBase(nn.RNNBase):
     def forward(self, input, hx=None):
         device_type = (input.data if isinstance(input, PackedSequence) else input).device.type
         dtype = autocast_dtype(device_type)
-        if dtype is not None:
-            input, hx = cast(input, dtype), cast(hx, dtype)
+        if dtype is None:
+            return self._forward(input, hx, dtype, device_type)
+        h_dtype, c_dtype = (result_dtype(device_type, dtype, state) for state in self._carried_dtypes(input, hx))
+        dtype = torch.promote_types(h_dtype, c_dtype)  # computed in the widest result dtype (see _autocast.py)
+        input, hx = cast(input, dtype), cast(hx, dtype)
+        out, h_n = self._forward(input, hx, dtype, device_type)
+        if self.mode == "LSTM":
+            return cast_result(out, h_dtype), (cast_result(h_n[0], h_dtype), cast_result(h_n[1], c_dtype))
+        return cast_result(out, h_dtype), cast_result(h_n, h_dtype)
+
+    def _carried_dtypes(self, input, hx):
+        """(for the output and h_n, for c_n): the dtypes of the states that decide torch's CPU result dtypes
+        under autocast, None where they do not (see _autocast.py). torch's CPU GRU, and its LSTM on packed
+        input or with a projection, are composites: the state meets the autocast GEMMs in pointwise math.
+        A projected LSTM's h is a GEMM's output again; its c stays promoted."""
+        data = input.data if isinstance(input, PackedSequence) else input
+        if self.mode == "GRU":
+            return (hx.dtype if isinstance(hx, torch.Tensor) else data.dtype), None
+        if self.mode != "LSTM" or not (isinstance(input, PackedSequence) or self.proj_size > 0):
+            return None, None
+        c0 = hx[1] if isinstance(hx, (tuple, list)) and len(hx) == 2 else None
+        c_dtype = c0.dtype if isinstance(c0, torch.Tensor) else data.dtype
+        return (None if self.proj_size > 0 else c_dtype), c_dtype
+
+    def _forward(self, input, hx, dtype, device_type):
         self._check_args(input, hx)  # also brings _flat_weights up to date, as torch.nn's forward does
         if dtype is None and self._onednn_lstm_stack_applies(input, hx):
             return self._onednn_lstm_stack(input, hx)

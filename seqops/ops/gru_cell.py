@@ -47,7 +47,7 @@ def _backward(ctx, grad_h1, _grad_gates, _grad_hn):
 register_autograd("gru_cell_forward", _backward, setup_context=_setup_context)
 
 
-@with_autocast
+@with_autocast(carried_state=lambda input, hx, *args, **kwargs: hx)
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One GRU step, like ``torch.gru_cell``: ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``.
 

@@ -5,7 +5,7 @@ import torch
 from seqops import reference
 from seqops.nn._autocast import with_autocast
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd, workspace_outputs, zeros_if_none
-from seqops.ops._cell_args import batch_cell_args, check_cell_args
+from seqops.ops._cell_args import batch_cell_args, check_cell_args, lstm_states
 
 _ops = torch.ops.seqops
 
@@ -49,14 +49,19 @@ def _backward(ctx, grad_h1, grad_c1, _grad_gates):
 register_autograd("lstm_cell_forward", _backward, setup_context=_setup_context)
 
 
-@with_autocast
+def _cell_state(input, hx, *args, **kwargs):
+    # c, the state torch's CPU lstm_cell carries through its pointwise math (its result dtype under autocast)
+    return hx[1] if isinstance(hx, (tuple, list)) and len(hx) == 2 else None
+
+
+@with_autocast(carried_state=_cell_state)
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One LSTM step, like ``torch.lstm_cell``: returns ``(h1, c1)``.
 
     input: [B, I] or unbatched [I]; hx: (h, c), each [B, H] or [H]; w_ih: [4H, I]; w_hh: [4H, H];
     biases [4H] or None. Gates in torch.nn's order (i, f, g, o).
     """
-    h, c = hx
+    h, c = lstm_states(hx)
     check_cell_args("lstm_cell", input, (h, c))
     (input, h, c), unbatched = batch_cell_args(input, (h, c))
     h1, c1, _ = call_op(_ops.lstm_cell_forward, input, h, c, w_ih, w_hh, b_ih, b_hh)
