@@ -9,6 +9,7 @@ from seqops.convert import convert  # noqa: E402
 from seqops.nn.cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
 from seqops.nn.multihead_attention import MultiheadAttention  # noqa: E402
 from seqops.nn.rnn import GRU, LSTM, RNN  # noqa: E402
+from seqops.ops import flops as _flops  # noqa: E402, F401  (FlopCounterMode formulas)
 from seqops.ops.attention import attention, attention_with_lse  # noqa: E402
 from seqops.ops.gru_cell import gru_cell  # noqa: E402
 from seqops.ops.lstm_cell import lstm_cell  # noqa: E402

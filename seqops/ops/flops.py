@@ -1,0 +1,108 @@
+"""FLOP formulas of seqops' custom ops for ``torch.utils.flop_counter.FlopCounterMode``.
+
+Without them the counter sees an opaque op and counts 0, where it counts torch.nn's GRU and SDPA. The
+convention is the counter's own: the multiply-adds of the GEMMs (2 FLOPs each) that the op's math defines,
+pointwise work left out. Attention uses torch's SDPA formulas (the whole L x S score matrix even when causal,
+as the counter does for SDPA); a recurrent layer counts its input projection and per-step recurrent GEMMs,
+and its backward the input, hidden-state and weight gradients.
+"""
+
+import torch
+from torch.utils import flop_counter
+
+import seqops.ops.attention  # noqa: F401  (defines the attention ops registered below)
+
+_ops = torch.ops.seqops
+
+
+def _mm(m, k, n):
+    return 2 * m * k * n
+
+
+def _rows(input_shape):
+    # [T, B, I] padded or [N, I] packed -> N, I
+    n = 1
+    for size in input_shape[:-1]:
+        n *= size
+    return n, input_shape[-1]
+
+
+def _layer_forward_flops(input_shape, w_ih_shape, w_hh_shape, w_hr_shape=None):
+    N, I = _rows(input_shape)
+    G, P = w_hh_shape
+    flops = _mm(N, I, G) + _mm(N, P, G)
+    if w_hr_shape is not None:  # the LSTM projection h = W_hr r, r: [N, H]
+        flops += _mm(N, w_hr_shape[1], w_hr_shape[0])
+    return flops
+
+
+def _layer_backward_flops(input_shape, w_hh_shape, input_grad, w_hr_shape=None):
+    N, I = _rows(input_shape)
+    G, P = w_hh_shape
+    flops = _mm(N, G, I) + _mm(G, N, P) + _mm(N, G, P)  # dW_ih, dW_hh, the recurrent dh
+    if input_grad:
+        flops += _mm(N, G, I)
+    if w_hr_shape is not None:  # dW_hr and dr = dh W_hr
+        flops += 2 * _mm(N, w_hr_shape[0], w_hr_shape[1])
+    return flops
+
+
+def _with_query_heads(shape, heads):
+    return (shape[0], heads, *shape[2:])
+
+
+def _register():
+    register = flop_counter.register_flop_formula
+
+    @register(_ops.attention_fwd)
+    def _attention_fwd(q, k, v, *args, out_val=None, **kwargs):
+        H = q[1]  # GQA: every query head reads its key/value head
+        return flop_counter.sdpa_flop_count(q, _with_query_heads(k, H), _with_query_heads(v, H))
+
+    @register(_ops.attention_bwd)
+    def _attention_bwd(dout, dlse, q, k, v, *args, out_val=None, **kwargs):
+        H = q[1]
+        return flop_counter.sdpa_backward_flop_count(dout, q, _with_query_heads(k, H), _with_query_heads(v, H))
+
+    @register(_ops.lstm_layer_forward)
+    def _lstm_layer_fwd(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *args, out_val=None, **kw):
+        return _layer_forward_flops(input, w_ih, w_hh, w_hr)
+
+    @register(_ops.lstm_layer_backward)
+    def _lstm_layer_bwd(grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, reverse,
+                        output, gates, cells, proj_in, input_grad, out_val=None, **kw):
+        return _layer_backward_flops(input, w_hh, input_grad, w_hr)
+
+    @register([_ops.gru_layer_forward, _ops.rnn_layer_forward])
+    def _layer_fwd(input, batch_sizes, hx, w_ih, w_hh, *args, out_val=None, **kw):
+        return _layer_forward_flops(input, w_ih, w_hh)
+
+    @register(_ops.gru_layer_backward)
+    def _gru_layer_bwd(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, output, gates, hn,
+                       input_grad, out_val=None, **kw):
+        return _layer_backward_flops(input, w_hh, input_grad)
+
+    @register(_ops.rnn_layer_backward)
+    def _rnn_layer_bwd(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, relu, output,
+                       input_grad, out_val=None, **kw):
+        return _layer_backward_flops(input, w_hh, input_grad)
+
+    @register(_ops.lstm_cell_forward)
+    def _lstm_cell_fwd(input, hx, cx, w_ih, w_hh, *args, out_val=None, **kw):
+        return _layer_forward_flops(input, w_ih, w_hh)
+
+    @register([_ops.gru_cell_forward, _ops.rnn_cell_forward])
+    def _cell_fwd(input, hx, w_ih, w_hh, *args, out_val=None, **kw):
+        return _layer_forward_flops(input, w_ih, w_hh)
+
+    @register(_ops.lstm_cell_backward)
+    def _lstm_cell_bwd(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, *args, out_val=None, **kw):
+        return _layer_backward_flops(input, w_hh, True)
+
+    @register([_ops.gru_cell_backward, _ops.rnn_cell_backward])
+    def _cell_bwd(grad_h1, input, hx, w_ih, w_hh, *args, out_val=None, **kw):
+        return _layer_backward_flops(input, w_hh, True)
+
+
+if hasattr(flop_counter, "register_flop_formula") and hasattr(flop_counter, "sdpa_flop_count"):
+    _register()

@@ -1,0 +1,60 @@
+"""torch.utils.flop_counter counts seqops' ops: SDPA's formulas for attention, the GEMMs of the RNN ops."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+import seqops
+
+
+def _count(fn):
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_attention_counts_sdpa_s_formulas(gqa):
+    # torch's counter has formulas for SDPA's CUDA kernels (its CPU flash kernel counts 0): seqops' ops use them.
+    B, H, L, S, E = 2, 4, 33, 40, 16
+    hkv = 2 if gqa else H
+    q = torch.randn(B, H, L, E, requires_grad=True)
+    k, v = (torch.randn(B, hkv, S, E, requires_grad=True) for _ in range(2))
+    forward = 2 * (2 * B * H * L * S * E)  # QK^T and PV, the whole score matrix as for SDPA
+    assert _count(lambda: seqops.attention(q, k, v, is_causal=True, enable_gqa=gqa)) == forward
+    total = _count(lambda: seqops.attention(q, k, v, is_causal=True, enable_gqa=gqa).sum().backward())
+    shape = (B, H, L, E)
+    full = (B, H, S, E)
+    assert total == forward + flop_counter.sdpa_backward_flop_count(shape, shape, full, full)
+    assert total - forward == 5 * (2 * B * H * L * S * E)  # scores recomputed, dP, dV, dQ, dK
+
+
+def test_rnn_layers_and_cells_count_their_gemms():
+    T, B, I, H = 6, 3, 4, 5
+    x = torch.randn(T, B, I, requires_grad=True)
+    N = T * B
+    for mode, gates in (("LSTM", 4), ("GRU", 3), ("RNN", 1)):
+        G = gates * H
+        m = getattr(seqops, mode)(I, H)
+        forward = 2 * N * G * (I + H)
+        assert _count(lambda m=m: m(x)) == forward
+        backward = 2 * N * G * (2 * I + 2 * H)  # dx, dW_ih, dW_hh, the recurrent dh
+        assert _count(lambda m=m: m(x)[0].sum().backward()) == forward + backward
+    # A projected LSTM adds its projection forward and two GEMMs backward.
+    P = 2
+    m = seqops.LSTM(I, H, proj_size=P)
+    assert _count(lambda: m(x)) == 2 * N * 4 * H * (I + P) + 2 * N * H * P
+    cell = seqops.GRUCell(I, H)
+    xb = torch.randn(B, I)
+    assert _count(lambda: cell(xb)) == 2 * B * 3 * H * (I + H)
+
+
+def test_gru_counts_close_to_torch_nn():
+    # torch.nn's composite GRU skips the dh of the first step (h0 needs no grad); seqops' op computes it.
+    x = torch.randn(6, 3, 4, requires_grad=True)
+    theirs, ours = nn.GRU(4, 5), seqops.GRU(4, 5)
+    counts = [_count(lambda m=m: m(x)[0].sum().backward()) for m in (theirs, ours)]
+    assert counts[1] - counts[0] == 2 * 3 * 5 * 15
