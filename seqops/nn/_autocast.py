@@ -53,19 +53,6 @@ def result_dtype(device_type, dtype, state_dtype):
     return torch.promote_types(dtype, state_dtype)
 
 
-def cast_result(value, dtype):
-    """An op's result (tensors, PackedSequences, nested tuples) in dtype, where it is not already."""
-    if value is None or dtype is None:
-        return value
-    if isinstance(value, torch.Tensor):
-        return value if value.dtype == dtype or not value.is_floating_point() else value.to(dtype)
-    if isinstance(value, PackedSequence):
-        return value._replace(data=cast_result(value.data, dtype))
-    if isinstance(value, (tuple, list)):
-        return type(value)(cast_result(v, dtype) for v in value)
-    return value
-
-
 def autocast_off(device_type, dtype):
     return torch.autocast(device_type, enabled=False) if dtype is not None else contextlib.nullcontext()
 

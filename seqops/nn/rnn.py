@@ -16,7 +16,7 @@ import torch
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from seqops.nn._autocast import autocast_dtype, autocast_off, cast, cast_result, result_dtype
+from seqops.nn._autocast import autocast_dtype, autocast_off, cast, result_dtype
 from seqops.ops.rnn_layer import _onednn_lstm_applies, rnn_layer
 from seqops.ops.rnn_stack import rnn_stack, weights_from_flat
 
@@ -46,8 +46,8 @@ class _SeqopsRNNBase(nn.RNNBase):
         input, hx = cast(input, dtype), cast(hx, dtype)
         out, h_n = self._forward(input, hx, dtype, device_type)
         if self.mode == "LSTM":
-            return cast_result(out, h_dtype), (cast_result(h_n[0], h_dtype), cast_result(h_n[1], c_dtype))
-        return cast_result(out, h_dtype), cast_result(h_n, h_dtype)
+            return cast(out, h_dtype), (cast(h_n[0], h_dtype), cast(h_n[1], c_dtype))
+        return cast(out, h_dtype), cast(h_n, h_dtype)
 
     def _carried_dtypes(self, input, hx):
         """(for the output and h_n, for c_n): the dtypes of the states that decide torch's CPU result dtypes

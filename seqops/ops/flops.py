@@ -7,6 +7,8 @@ as the counter does for SDPA); a recurrent layer counts its input projection and
 and its backward the input, hidden-state and weight gradients.
 """
 
+import math
+
 import torch
 from torch.utils import flop_counter
 
@@ -21,10 +23,7 @@ def _mm(m, k, n):
 
 def _rows(input_shape):
     # [T, B, I] padded or [N, I] packed -> N, I
-    n = 1
-    for size in input_shape[:-1]:
-        n *= size
-    return n, input_shape[-1]
+    return math.prod(input_shape[:-1]), input_shape[-1]
 
 
 def _layer_forward_flops(input_shape, w_ih_shape, w_hh_shape, w_hr_shape=None):
@@ -77,15 +76,9 @@ def _register():
     def _layer_fwd(input, batch_sizes, hx, w_ih, w_hh, *args, out_val=None, **kw):
         return _layer_forward_flops(input, w_ih, w_hh)
 
-    @register(_ops.gru_layer_backward)
-    def _gru_layer_bwd(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, output, gates, hn,
-                       input_grad, out_val=None, **kw):
-        return _layer_backward_flops(input, w_hh, input_grad)
-
-    @register(_ops.rnn_layer_backward)
-    def _rnn_layer_bwd(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, relu, output,
-                       input_grad, out_val=None, **kw):
-        return _layer_backward_flops(input, w_hh, input_grad)
+    @register([_ops.gru_layer_backward, _ops.rnn_layer_backward])
+    def _layer_bwd(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, *args, out_val=None, **kw):
+        return _layer_backward_flops(input, w_hh, args[-1])  # both schemas end with input_grad
 
     @register(_ops.lstm_cell_forward)
     def _lstm_cell_fwd(input, hx, cx, w_ih, w_hh, *args, out_val=None, **kw):

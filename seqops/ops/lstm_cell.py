@@ -49,12 +49,8 @@ def _backward(ctx, grad_h1, grad_c1, _grad_gates):
 register_autograd("lstm_cell_forward", _backward, setup_context=_setup_context)
 
 
-def _cell_state(input, hx, *args, **kwargs):
-    # c, the state torch's CPU lstm_cell carries through its pointwise math (its result dtype under autocast)
-    return hx[1] if isinstance(hx, (tuple, list)) and len(hx) == 2 else None
-
-
-@with_autocast(carried_state=_cell_state)
+# c is the state torch's CPU lstm_cell carries through its pointwise math: it decides the result dtype.
+@with_autocast(carried_state=lambda input, hx, *args, **kwargs: lstm_states(hx)[1])
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One LSTM step, like ``torch.lstm_cell``: returns ``(h1, c1)``.
 
