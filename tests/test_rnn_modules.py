@@ -689,3 +689,16 @@ def test_meta_device_gives_torch_nn_s_shapes_forward_and_backward(name, options)
         first.sum().backward()
         shapes.append([tuple(first.shape), tuple(x.grad.shape), *(tuple(p.grad.shape) for p in module.parameters())])
     assert shapes[0] == shapes[1]
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_float64_modules_stay_float64_under_autocast_like_torch_nn(name):
+    x = torch.randn(T, B, I, dtype=torch.float64) if "Cell" not in name else torch.randn(B, I, dtype=torch.float64)
+    dtypes = []
+    for lib in (nn, seqops):
+        torch.manual_seed(0)
+        module = getattr(lib, name)(I, H).double()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(x)
+        dtypes.append(torch.utils._pytree.tree_leaves(out)[0].dtype)
+    assert dtypes == [torch.float64, torch.float64]
