@@ -3,8 +3,8 @@ end with the same gradients as one process with the whole batch. Every wait has 
 
 import datetime
 import os
-import socket
 import time
+import traceback
 
 import pytest
 import torch
@@ -49,11 +49,22 @@ def _loss(model, x, target):
     return nn.functional.mse_loss(model(x), target)  # a mean over the batch, as DDP's gradient average is
 
 
-def _worker(rank, port, out_dir):
+def _worker(rank, out_dir):
+    try:
+        _train_shard(rank, out_dir)
+    except BaseException:
+        # The parent reads this: a spawned worker's stderr is easy to lose under pytest.
+        with open(os.path.join(out_dir, f"error{rank}.txt"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+def _train_shard(rank, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
+        # A file rendezvous: a free TCP port picked here could be taken by another process before rank 0 binds it.
+        init_method="file://" + os.path.join(out_dir, "rendezvous"),
         rank=rank,
         world_size=WORLD,
         timeout=datetime.timedelta(seconds=TIMEOUT_S / 2),
@@ -69,24 +80,18 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_match_one(tmp_path):
     ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(rank, port, str(tmp_path))) for rank in range(WORLD)]
+    procs = [ctx.Process(target=_worker, args=(rank, str(tmp_path))) for rank in range(WORLD)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + TIMEOUT_S
     try:
         for p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
-        assert not any(p.is_alive() for p in procs), "DDP workers timed out"
-        assert [p.exitcode for p in procs] == [0] * WORLD, "a DDP worker failed (see its stderr)"
+        errors = "".join(f.read_text() for f in sorted(tmp_path.glob("error*.txt")))
+        assert not any(p.is_alive() for p in procs), "DDP workers timed out\n" + errors
+        assert [p.exitcode for p in procs] == [0] * WORLD, "a DDP worker failed:\n" + errors
     finally:
         for p in procs:
             if p.is_alive():
