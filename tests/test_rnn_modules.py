@@ -370,6 +370,18 @@ def test_packed_lstm_with_wrong_state_raises():
         ours(packed, (h, h))
 
 
+def test_bad_packed_input_raises_as_padded_does():
+    # torch.nn fails on these deep inside (a matmul's RuntimeError, an IndexError); ours raise what the same
+    # mistake on a padded tensor raises (README: "Where seqops and torch.nn differ").
+    _, ours = module_pair("LSTM")
+    x = torch.randn(T, 2, I)
+    with pytest.raises(ValueError, match=r"input dtype \(torch.float64\) does not match weight dtype"):
+        ours(pack_padded_sequence(x.double(), torch.tensor([5, 3])))
+    h = torch.randn(2, H)
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size \(1, 2, 6\), got \[2, 6\]"):
+        ours(pack_padded_sequence(x, torch.tensor([5, 3])), (h, h))
+
+
 def test_tensors_on_different_devices_raise():
     # Two devices without a GPU: the meta device stands in for the other one.
     _, ours = module_pair("LSTM")
