@@ -294,18 +294,19 @@ def attention_bwd_dq_kernel(
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_rows[:, None] & (offs_d[None, :] < E))
 
 
-def _autotuned(kernel, configs_sm90, configs_default, resident, streamed):
+def _autotuned(kernel, configs_sm90, configs_default, resident, streamed, streamed_vectors=0):
     def tuned(configs, budget):
-        prune = prune_by_shared_memory(budget, resident, streamed)
+        prune = prune_by_shared_memory(budget, resident, streamed, streamed_vectors)
         pruning = {"early_config_prune": prune}
         return triton.autotune(configs, key=AUTOTUNE_KEY, prune_configs_by=pruning)(kernel)
 
     return tuned(configs_sm90, SMEM_SM90), tuned(configs_default, SMEM_DEFAULT)
 
 
-# dK/dV keeps the key tile (BLOCK_N) resident; dQ the query tile (BLOCK_M).
+# dK/dV keeps the key tile (BLOCK_N) resident and streams the query rows' lse and delta with Q and dO; dQ
+# keeps the query tile (BLOCK_M).
 _dkdv_sm90, _dkdv_default = _autotuned(
-    attention_bwd_dkdv_kernel, DKDV_CONFIGS_SM90, DKDV_CONFIGS_DEFAULT, "BLOCK_N", "BLOCK_M")
+    attention_bwd_dkdv_kernel, DKDV_CONFIGS_SM90, DKDV_CONFIGS_DEFAULT, "BLOCK_N", "BLOCK_M", streamed_vectors=2)
 # The dQ kernel may write DMask, which autotuning rewrites identically on every trial: harmless.
 _dq_sm90, _dq_default = _autotuned(
     attention_bwd_dq_kernel, DQ_CONFIGS_SM90, DQ_CONFIGS_DEFAULT, "BLOCK_M", "BLOCK_N")

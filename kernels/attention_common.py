@@ -125,11 +125,17 @@ def length_bucket(n):
     return triton.next_power_of_2(max(n, 1))
 
 
-def _smem_bytes(resident, streamed, block_d, block_dv, stages, elt, mask_elt=0):
-    # The resident tile (Q, or K and V for dK/dV) plus one streamed tile pair per pipeline stage, and with a
-    # mask its [resident, streamed] tile per stage (measured: bf16 D=128 with a float mask needs it counted).
+def _smem_bytes(resident, streamed, block_d, block_dv, stages, elt, mask_elt=0, streamed_vectors=0):
+    # The resident tile (Q, or K and V for dK/dV) plus one streamed tile pair per pipeline stage, with a mask
+    # its [resident, streamed] tile per stage (measured: bf16 D=128 with a float mask needs it counted), and the
+    # fp32 row vectors streamed beside the tiles (dK/dV's lse and delta: without them its estimate fell
+    # 512-1024 bytes short of sm90 builds' shared memory).
     tiles = (resident * (block_d + block_dv) + stages * streamed * (block_d + block_dv)) * elt
-    return tiles + stages * resident * streamed * mask_elt
+    return tiles + stages * resident * streamed * mask_elt + stages * streamed * streamed_vectors * 4
+
+
+# Left free of the budget: the pipeline's barriers and what else the compiler places beside the tiles.
+SMEM_SLACK = 2048
 
 
 # fp32 runs its dots in IEEE fp32, an FMA loop rather than tensor cores: large tiles only spill registers
@@ -143,7 +149,10 @@ FP32_MAX_TILE, FP32_MAX_STAGES = 64 * 32, 2
 AUTOTUNE = os.environ.get("SEQOPS_ATTENTION_AUTOTUNE", "1") != "0"
 
 
-def prune_by_shared_memory(budget, resident="BLOCK_M", streamed="BLOCK_N"):
+def prune_by_shared_memory(budget, resident="BLOCK_M", streamed="BLOCK_N", streamed_vectors=0):
+    """Autotune's early pruning: the configurations whose tiles fit `budget` bytes of shared memory (fp32 only
+    the small ones). Without tuning (SEQOPS_ATTENTION_AUTOTUNE=0), or under torch's deterministic algorithms,
+    the first one: tiles chosen by timing can differ between runs, and with them the summation order."""
     def prune(configs, named_args, **kwargs):
         elt = named_args["Q"].element_size()
         block_d, block_dv = kwargs.get("BLOCK_D", named_args.get("BLOCK_D")), kwargs.get(
@@ -154,14 +163,15 @@ def prune_by_shared_memory(budget, resident="BLOCK_M", streamed="BLOCK_N"):
         kept = [
             c
             for c in configs
-            if _smem_bytes(c.kwargs[resident], c.kwargs[streamed], block_d, block_dv, c.num_stages, elt, mask_elt)
-            <= budget
+            if _smem_bytes(c.kwargs[resident], c.kwargs[streamed], block_d, block_dv, c.num_stages, elt, mask_elt,
+                           streamed_vectors)
+            <= budget - SMEM_SLACK
             and (elt < 4 or (c.kwargs[resident] * c.kwargs[streamed] <= FP32_MAX_TILE
                              and c.num_stages <= FP32_MAX_STAGES))
         ]
         # Keep at least the smallest config so a launch always has something to run.
         kept = kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
-        return kept if AUTOTUNE else kept[:1]
+        return kept if AUTOTUNE and not torch.are_deterministic_algorithms_enabled() else kept[:1]
 
     return prune
 
@@ -174,18 +184,22 @@ def _configs(triples, warps_stages):
     ]
 
 
+# sm90 lists put 8 warps first (the tile that runs untuned, and the one ties go to): on 4 warps ptxas spills the
+# large tiles' accumulators (bf16 D=128, per thread: forward (128, 64) 184 bytes, dQ (128, 64) 688, dK/dV
+# (64, 128) 2184; on 8 warps 0, 0 and 272; see tests/sm90_build.py), and dK/dV's 128-key tiles get no 4-warp
+# entry at all.
 # Forward and dQ: BLOCK_M query rows stay resident, BLOCK_N keys stream. BLOCK_M % BLOCK_N == 0 always (the
 # causal loop splits at a query-block boundary that must also be a key-block boundary).
 # The (64, 32) two-stage entries are what head dim 256 (and fp32 at 128) fit into; the one-stage (32, 16) / (16, 32)
 # entries are the last resort of fp32 at head dim 256 with a mask (the two-stage tiles measured 237 KB there).
-FWD_CONFIGS_SM90 = _configs([(128, 64), (128, 128), (64, 64)], [(4, 3), (8, 3), (8, 4)]) + _configs(
+FWD_CONFIGS_SM90 = _configs([(128, 64), (128, 128), (64, 64)], [(8, 3), (8, 4), (4, 3)]) + _configs(
     [(64, 32)], [(4, 2)]) + _configs([(32, 16)], [(4, 1)])
 FWD_CONFIGS_DEFAULT = _configs([(128, 64), (64, 64), (64, 32)], [(4, 2), (4, 3)])
 # dK/dV: BLOCK_N keys stay resident and BLOCK_M query rows stream, so here BLOCK_N is the larger tile.
-DKDV_CONFIGS_SM90 = _configs([(64, 128), (32, 128), (64, 64)], [(4, 3), (8, 3)]) + _configs(
+DKDV_CONFIGS_SM90 = _configs([(64, 128), (32, 128)], [(8, 3)]) + _configs([(64, 64)], [(8, 3), (4, 3)]) + _configs(
     [(32, 64)], [(4, 2)]) + _configs([(16, 32)], [(4, 1)])
 DKDV_CONFIGS_DEFAULT = _configs([(32, 64), (64, 64)], [(4, 2)]) + _configs([(16, 32)], [(4, 2)])
-DQ_CONFIGS_SM90 = _configs([(128, 64), (64, 64)], [(4, 3), (8, 3)]) + _configs([(64, 32)], [(4, 2)]) + _configs(
+DQ_CONFIGS_SM90 = _configs([(128, 64), (64, 64)], [(8, 3), (4, 3)]) + _configs([(64, 32)], [(4, 2)]) + _configs(
     [(32, 16)], [(4, 1)])
 DQ_CONFIGS_DEFAULT = _configs([(64, 64), (64, 32)], [(4, 2)])
 
@@ -256,6 +270,12 @@ TMA_ENABLED = os.environ.get("SEQOPS_ATTENTION_TMA", "1") != "0"
 TMA_IN_INTERPRETER = False
 
 
+def tma_suits(dtype):
+    """fp32 keeps pointer loads: its FMA-loop dots built with TMA get 32 registers from ptxas and spill 5-13 KB
+    per thread (sm90 builds, D = 64 and 128; tests/sm90_build.py), where pointer loads spill 0.3-2 KB."""
+    return dtype != torch.float32
+
+
 def tma_eligible(*tensors):
     """TMA needs 16-byte aligned bases and strides, a unit last stride, and Triton's descriptor API."""
     if not hasattr(tl, "make_tensor_descriptor"):
@@ -299,13 +319,24 @@ def device_guard(device):
     return contextlib.nullcontext()
 
 
+def _tma_build_failure(err):
+    """Whether a failed TMA launch is the TMA build's fault (compile, lowering, ptxas), so that pointer loads may
+    stand in from now on. Out of memory (the autotuner's buffers, descriptor scratch), a CUDA fault (perhaps
+    left by an earlier kernel) and a launch during CUDA-graph capture are not: they would hit pointer loads
+    too, and must reach the caller."""
+    if isinstance(err, torch.OutOfMemoryError) or torch.cuda.is_current_stream_capturing():
+        return False
+    message = str(err)
+    return not any(word in message for word in ("CUDA error", "Triton Error [CUDA]", "out of memory"))
+
+
 def launch_with_optional_tma(launcher, args, meta, streamed):
     """Launch `launcher(*args, **meta, USE_TMA=...)` with TMA when the device, the build and the streamed
     tensors allow it; otherwise (or if the TMA launch fails) with plain pointer loads."""
     global TMA_ENABLED
     device = streamed[0].device
     if device.type == "cuda" and not INTERPRETING:
-        wanted = TMA_ENABLED and is_sm90(device)
+        wanted = TMA_ENABLED and is_sm90(device) and tma_suits(streamed[0].dtype)
     else:
         wanted = TMA_IN_INTERPRETER
     with device_guard(device):
@@ -316,8 +347,8 @@ def launch_with_optional_tma(launcher, args, meta, streamed):
                 return
             except OutOfResources:
                 pass  # this shape's TMA buffers exceed shared memory: pointer loads for this launch only
-            except Exception as err:  # noqa: BLE001 - any failure of the optional path falls back
-                if device.type != "cuda":
+            except Exception as err:  # noqa: BLE001 - a build that cannot lower TMA falls back, see below
+                if device.type != "cuda" or not _tma_build_failure(err):
                     raise
                 TMA_ENABLED = False
                 warnings.warn(f"seqops attention: a TMA kernel failed to launch ({type(err).__name__}: "

@@ -82,7 +82,7 @@ def _fwd_key_blocks(
 
 
 # Q: [B, H, L, E], K: [B, Hkv, S, E], V: [B, Hkv, S, EV], Mask: [B, H, L, S] (any strides, 0 where it
-# broadcasts), Seed: [1] int64 -> Out: [B, H, L, EV] contiguous, Lse: [B, H, L] fp32 contiguous.
+# broadcasts), Seed: [1] int64 -> Out: [B, H, L, EV] (any strides), Lse: [B, H, L] fp32 contiguous.
 # grid: (cdiv(L, BLOCK_M) * B * H,); query head h reads key/value head h // GROUP.
 @triton.jit
 def attention_fwd_kernel(
@@ -152,7 +152,9 @@ def attention_fwd_kernel(
         inv_l = inv_l * drop_scale
     out = acc * inv_l[:, None]
     in_rows = offs_m < L
-    tl.store(Out + off_b * sob + off_h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
+    # 64-bit rows (one store, no cost in the loop): out keeps the caller's layout, whose rows can lie 2^31
+    # elements apart where q's copy (within_int32_rows) does not.
+    tl.store(Out + off_b * sob + off_h * soh + offs_m.to(tl.int64)[:, None] * som + offs_dv[None, :] * sod,
              out.to(Out.dtype.element_ty), mask=in_rows[:, None] & (offs_dv[None, :] < EV))
     lse = tl.where(has_mass, (m_i + tl.log2(l_safe)) * LN2_K, float("-inf"))
     tl.store(Lse + bh.to(tl.int64) * L + offs_m, lse, mask=in_rows)

@@ -10,6 +10,10 @@ def pytest_configure(config):
     # TRITON_INTERPRET when decorated); an explicit TRITON_INTERPRET wins; on a GPU the kernels run natively.
     if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
+    # fp32 GEMMs in IEEE fp32 whatever the environment set (torch.set_float32_matmul_precision in a plugin):
+    # the fp32 CUDA tests hold seqops to fp32 accuracy. (torch.nn's cuDNN RNNs keep their own TF32 default;
+    # the tests measure their error, they do not assume it.)
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

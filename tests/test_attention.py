@@ -341,6 +341,30 @@ def test_wide_mask_offsets_in_the_interpreter(monkeypatch, mask_dtype):
     check_fp32(q, k, v, attn_mask=mask)
 
 
+def test_output_rows_past_2_31_elements(monkeypatch, each_device):
+    # out keeps the caller's layout, whose rows can lie 2^31 elements apart where q's copy (within_int32_rows)
+    # does not (one head of a [B, L, H, EV] buffer at L * H * EV >= 2^31): the forward stores rows in 64 bits.
+    # Here a [130, 16] head's rows lie 2^24 apart, row 128 at 2^31: its 4 GiB of fp16 storage is reserved but
+    # only the rows written are touched. With 32-bit rows the store wraps below the buffer (a crash).
+    from seqops.kernels import attention_common, attention_fwd
+
+    if each_device == "cpu" and not attention_common.INTERPRETING:
+        pytest.skip("CPU tensors reach the kernels only in the interpreter; the cuda run covers this")
+    L, E, row_stride = 130, 16, 2**24
+
+    def rows_spread(q, shape):
+        B, H, _, EV = shape
+        head = (L - 1) * row_stride + EV
+        return torch.empty(B * H * head, dtype=q.dtype).as_strided(shape, (H * head, head, row_stride, 1))
+
+    q, k, v = (torch.randn(1, 1, L, E, dtype=torch.float16) for _ in range(3))
+    contiguous, _ = attention_fwd.attention_forward(q, k, v, None, E**-0.5, False, 0.0, None)
+    monkeypatch.setattr(attention_fwd, "empty_in_layout", rows_spread)
+    spread, _ = attention_fwd.attention_forward(q, k, v, None, E**-0.5, False, 0.0, None)
+    assert spread.stride(2) * (L - 1) >= 2**31
+    assert torch.equal(spread, contiguous)  # the same kernel, the same numbers: only the addresses differ
+
+
 def test_rows_past_int32_offsets_are_copied_contiguous_or_refused(monkeypatch):
     from seqops.kernels import attention_common as ac
 

@@ -376,3 +376,59 @@ def test_random_layers_match_reference(mode, reverse, bias, size, lengths, proj)
     proj = proj if mode == "LSTM" and proj < H else 0
     args = make_layer(mode, T=T, B=B, I=I, H=H, proj=proj, bias=bias, lengths=lengths)
     assert_matches_reference(mode, args, reverse)
+
+
+def _backward_call(mode):
+    """(call(grad_output, output), grad_output, output) of one direct backward-op call on a forward's results."""
+    ops = torch.ops.seqops
+    T, B, I, H = 5, 3, 4, 8
+    x, hx, cx = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H)
+    gates = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}[mode]
+    w_ih, w_hh = torch.randn(gates * H, I), torch.randn(gates * H, H)
+    if mode == "LSTM":
+        out, _, _, saved_gates, cells, proj_in = ops.lstm_layer_forward(x, None, hx, cx, w_ih, w_hh, None, None, None,
+                                                                        False)
+        def call(grad, output):
+            return ops.lstm_layer_backward(grad, hx, cx, x, None, hx, cx, w_ih, w_hh, None, False, output,
+                                           saved_gates, cells, proj_in, True)
+    elif mode == "GRU":
+        out, _, saved_gates, hn = ops.gru_layer_forward(x, None, hx, w_ih, w_hh, None, None, False)
+        def call(grad, output):
+            return ops.gru_layer_backward(grad, hx, x, None, hx, w_ih, w_hh, False, output, saved_gates, hn, True)
+    else:
+        out, _ = ops.rnn_layer_forward(x, None, hx, w_ih, w_hh, None, None, False, False)
+        def call(grad, output):
+            return ops.rnn_layer_backward(grad, hx, x, None, hx, w_ih, w_hh, False, False, output, True)
+    return call, torch.randn_like(out), out
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_backward_op_checks_output_and_its_gradient(mode):
+    # Called directly (torch.ops.seqops), a backward must refuse what its kernels would read out of bounds: a
+    # gradient of the right size but the wrong width (the kernels read H columns of each row), or another dtype
+    # (the device goes through the same check, check_same_device_dtype; a meta tensor would dispatch to the
+    # fake kernel instead, and this machine may have no second device).
+    call, grad, out = _backward_call(mode)
+    call(grad, out)  # the right arguments pass
+    T, B, H = grad.shape
+    for name, args in (("grad_output", (grad.reshape(T, 2 * B, H // 2), out)),
+                       ("grad_output", (grad[..., :1], out)),
+                       ("output", (grad, out.reshape(T, 2 * B, H // 2)))):
+        with pytest.raises(RuntimeError, match=f"{name} has shape .* does not match the layer's 15 rows of 8"):
+            call(*args)
+    with pytest.raises(RuntimeError, match="grad_output has dtype Double but input has dtype Float"):
+        call(grad.double(), out)
+    with pytest.raises(RuntimeError, match="output has dtype Double but input has dtype Float"):
+        call(grad, out.double())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_backward_op_refuses_a_gradient_on_another_device(mode):
+    # A CPU gradient beside CUDA inputs dispatches to the CUDA kernel, which would dereference a host pointer.
+    with torch.device("cuda"):
+        call, grad, out = _backward_call(mode)
+    with pytest.raises(RuntimeError, match="grad_output is on cpu but input is on cuda"):
+        call(grad.cpu(), out)
+    with pytest.raises(RuntimeError, match="output is on cpu but input is on cuda"):
+        call(grad, out.cpu())

@@ -44,11 +44,14 @@ LayerArgs check_layer(const char* op, int64_t gates, const Tensor& input, const 
   return a;
 }
 
-// grad_output [T, B, P] or [N, P] -> [N, P] contiguous
-Tensor flat_grad(const Tensor& grad_output, const TimeLayout& layout) {
-  TORCH_CHECK(grad_output.numel() == layout.rows * grad_output.size(-1), "grad_output has shape ",
-              grad_output.sizes(), ", which does not match the layer's ", layout.rows, " rows");
-  return grad_output.reshape({layout.rows, grad_output.size(-1)}).contiguous();
+// The output or its gradient, [T, B, F] or [N, F] -> [N, F] contiguous. Checked like every other argument: the
+// kernels read F columns of each row, on input's device.
+Tensor flat_rows(const char* op, const Tensor& t, const Tensor& input, const TimeLayout& layout, int64_t width,
+                 const char* name) {
+  check_same_device_dtype(op, input, t, name);
+  TORCH_CHECK(t.dim() >= 1 && t.size(-1) == width && t.numel() == layout.rows * width, op, ": ", name,
+              " has shape ", t.sizes(), ", which does not match the layer's ", layout.rows, " rows of ", width);
+  return t.reshape({layout.rows, width}).contiguous();
 }
 
 // dL/dinput = dL/dgates @ W_ih, one GEMM over all steps; skipped (empty) when the input needs no gradient,
@@ -131,8 +134,8 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
   check_state(op, input, cells, {N, H}, "cells");
   check_state(op, input, proj_in, {proj ? N : 0, H}, "proj_in");
   c10::OptionalDeviceGuard guard(input.device());
-  const Tensor grad_out = flat_grad(grad_output, a.layout);
-  const Tensor out2d = output.reshape({N, P}).contiguous();
+  const Tensor grad_out = flat_rows(op, grad_output, input, a.layout, P, "grad_output");
+  const Tensor out2d = flat_rows(op, output, input, a.layout, P, "output");
   const PreviousRows c_prev(a.layout, cells, cx.contiguous(), reverse);
   Tensor grad_gates = at::empty({N, 4 * H}, input.options());
   CarriedState dh(grad_h_n);
@@ -207,8 +210,8 @@ Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
   check_state(op, input, gates, {N, 3 * H}, "gates");
   check_state(op, input, hn, {N, H}, "hn");
   c10::OptionalDeviceGuard guard(input.device());
-  const Tensor grad_out = flat_grad(grad_output, a.layout);
-  const Tensor out2d = output.reshape({N, H}).contiguous();
+  const Tensor grad_out = flat_rows(op, grad_output, input, a.layout, H, "grad_output");
+  const Tensor out2d = flat_rows(op, output, input, a.layout, H, "output");
   const PreviousRows h_prev(a.layout, out2d, hx.contiguous(), reverse);
   Tensor grad_gx = at::empty({N, 3 * H}, input.options());
   Tensor grad_gh = at::empty({N, 3 * H}, input.options());
@@ -254,8 +257,8 @@ Tensor5 rnn_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
   const int64_t H = a.H, N = a.layout.rows;
   check_state(op, input, grad_h_n, {a.layout.batch, H}, "grad_h_n");
   c10::OptionalDeviceGuard guard(input.device());
-  const Tensor grad_out = flat_grad(grad_output, a.layout);
-  const Tensor out2d = output.reshape({N, H}).contiguous();
+  const Tensor grad_out = flat_rows(op, grad_output, input, a.layout, H, "grad_output");
+  const Tensor out2d = flat_rows(op, output, input, a.layout, H, "output");
   Tensor grad_pre = at::empty({N, H}, input.options());
   CarriedState dh(grad_h_n);
   const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
