@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from seqops.ops.errors import InvalidArgumentError
+
 try:
     from triton.runtime.errors import OutOfResources
 except ImportError:  # another Triton layout: no such error to tell apart
@@ -249,8 +251,8 @@ def within_int32_rows(t):
         return t
     t = t.contiguous()
     if _head_span(t) >= INT32_SPAN:
-        raise ValueError(f"seqops.attention: one head of shape {tuple(t.shape[-2:])} has 2^31 elements or more, "
-                         "more than the kernels index")
+        raise InvalidArgumentError(f"seqops.attention: one head of shape {tuple(t.shape[-2:])} has 2^31 elements "
+                                   "or more, more than the kernels index")
     return t
 
 

@@ -87,28 +87,28 @@ def test_cpu_reference_route_without_interpreter(monkeypatch):
 
 
 BAD_INPUTS = [
-    ("head dims", lambda q, k, v: attention(q, k[..., :8], v), ValueError, "head dims differ"),
-    ("kv lengths", lambda q, k, v: attention(q, k, v[..., :5, :]), ValueError, "lengths differ"),
-    ("dtypes", lambda q, k, v: attention(q, k.double(), v), TypeError, "one dtype"),
-    ("integer", lambda q, k, v: attention(q.int(), k.int(), v.int()), TypeError, "floating-point"),
-    ("1-d", lambda q, k, v: attention(q[0, 0, 0], k, v), ValueError, "at least 2 dims"),
-    ("mask shape", lambda q, k, v: attention(q, k, v, attn_mask=torch.ones(3, 5, dtype=torch.bool)),
+    ("head dims", lambda attention, q, k, v: attention(q, k[..., :8], v), ValueError, "head dims differ"),
+    ("kv lengths", lambda attention, q, k, v: attention(q, k, v[..., :5, :]), ValueError, "lengths differ"),
+    ("dtypes", lambda attention, q, k, v: attention(q, k.double(), v), TypeError, "one dtype"),
+    ("integer", lambda attention, q, k, v: attention(q.int(), k.int(), v.int()), TypeError, "floating-point"),
+    ("1-d", lambda attention, q, k, v: attention(q[0, 0, 0], k, v), ValueError, "at least 2 dims"),
+    ("mask shape", lambda attention, q, k, v: attention(q, k, v, attn_mask=torch.ones(3, 5, dtype=torch.bool)),
      ValueError, "does not broadcast"),
-    ("mask dtype", lambda q, k, v: attention(q, k, v, attn_mask=torch.ones(9, 11, dtype=torch.int32)),
+    ("mask dtype", lambda attention, q, k, v: attention(q, k, v, attn_mask=torch.ones(9, 11, dtype=torch.int32)),
      TypeError, "attn_mask must be bool"),
-    ("mask float64", lambda q, k, v: attention(q, k, v, attn_mask=torch.zeros(9, 11, dtype=torch.float64)),
+    ("mask float64", lambda attention, q, k, v: attention(q, k, v, attn_mask=torch.zeros(9, 11, dtype=torch.float64)),
      TypeError, "attn_mask must be bool"),
-    ("mask and causal", lambda q, k, v: attention(q, k, v, attn_mask=torch.ones(9, 11, dtype=torch.bool),
+    ("mask and causal", lambda attention, q, k, v: attention(q, k, v, attn_mask=torch.ones(9, 11, dtype=torch.bool),
                                                   is_causal=True), ValueError, "not both"),
-    ("gqa multiple", lambda q, k, v: attention(q[:, :3], k[:, :2], v[:, :2], enable_gqa=True), ValueError,
-     "multiple of key/value heads"),
-    ("gqa kv heads", lambda q, k, v: attention(q, k[:, :2], v, enable_gqa=True), ValueError,
-     "same number of heads"),
-    ("heads without gqa", lambda q, k, v: attention(q[:, :3], k[:, :2], v[:, :2]), ValueError, "enable_gqa"),
-    ("batch", lambda q, k, v: attention(q, torch.cat([k, k, k]), torch.cat([v, v, v])), ValueError,
+    ("gqa multiple", lambda attention, q, k, v: attention(q[:, :3], k[:, :2], v[:, :2], enable_gqa=True), ValueError,
+     "must each divide the query heads"),
+    ("gqa kv heads", lambda attention, q, k, v: attention(q, k[:, :3], v, enable_gqa=True), ValueError,
+     "must each divide the query heads"),
+    ("heads without gqa", lambda attention, q, k, v: attention(q[:, :3], k[:, :2], v[:, :2]), ValueError, "enable_gqa"),
+    ("batch", lambda attention, q, k, v: attention(q, torch.cat([k, k, k]), torch.cat([v, v, v])), ValueError,
      "do not broadcast"),
-    ("dropout", lambda q, k, v: attention(q, k, v, dropout_p=1.5), ValueError, "dropout_p"),
-    ("not a tensor", lambda q, k, v: attention(q.tolist(), k, v), TypeError, "must be a Tensor"),
+    ("dropout", lambda attention, q, k, v: attention(q, k, v, dropout_p=1.5), ValueError, "dropout_p"),
+    ("not a tensor", lambda attention, q, k, v: attention(q.tolist(), k, v), TypeError, "must be a Tensor"),
 ]
 
 
@@ -117,4 +117,48 @@ def test_bad_inputs_raise_clear_errors(case):
     _, call, error, message = case
     q, k, v = make_qkv((2, 4, 9, 16), (2, 4, 11, 16), (2, 4, 11, 16), requires_grad=False)
     with pytest.raises(error, match=message):
-        call(q, k, v)
+        call(attention, q, k, v)
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_inputs_raise_what_sdpa_raises(case):
+    # Code written against SDPA catches RuntimeError (TypeError for a non-tensor argument): ours is one too.
+    _, call, _, _ = case
+    q, k, v = make_qkv((2, 4, 9, 16), (2, 4, 11, 16), (2, 4, 11, 16), requires_grad=False)
+    with pytest.raises(Exception) as ours:
+        call(attention, q, k, v)
+    try:
+        call(F.scaled_dot_product_attention, q, k, v)
+    except Exception as theirs:  # noqa: BLE001 - its type is the point
+        assert isinstance(ours.value, type(theirs)), (type(ours.value), type(theirs))
+    else:  # SDPA's CPU kernel takes a value shorter than the key without a word
+        assert isinstance(ours.value, RuntimeError)
+
+
+def test_gqa_with_different_key_and_value_heads_matches_sdpa():
+    # SDPA repeats key and value each by its own factor: 2 key heads, 4 value heads for 4 query heads.
+    q, k, v = make_qkv((2, 4, 5, 8), (2, 2, 6, 8), (2, 4, 6, 8), dtype=torch.float64)
+    out = attention(q, k, v, enable_gqa=True)
+    theirs = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(out, theirs)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_scale_and_enable_gqa_are_keyword_only_and_scale_takes_what_sdpa_takes():
+    import inspect
+
+    import numpy as np
+
+    for fn in (attention, attention_with_lse):
+        params = inspect.signature(fn).parameters
+        assert params["scale"].kind is inspect.Parameter.KEYWORD_ONLY
+        assert params["enable_gqa"].kind is inspect.Parameter.KEYWORD_ONLY
+    q, k, v = make_qkv((1, 2, 5, 8), (1, 2, 6, 8), (1, 2, 6, 8), requires_grad=False)
+    for fn in (attention, F.scaled_dot_product_attention):
+        with pytest.raises(TypeError):
+            fn(q, k, v, None, 0.0, False, 0.5)
+    expected = F.scaled_dot_product_attention(q, k, v, scale=0.5)
+    for scale in (0.5, np.float32(0.5), torch.tensor(0.5)):
+        torch.testing.assert_close(attention(q, k, v, scale=scale), expected)

@@ -136,19 +136,73 @@ def test_dropout_in_training_only():
     assert not torch.equal(first, ours(x, x, x, need_weights=False)[0])
 
 
-def test_bad_inputs_raise_like_torch():
-    ours, _ = _pair()
+def _bad_calls():
+    x, x2 = torch.randn(L, N, E), torch.randn(L, E)
+    yield "embed dim", {}, (torch.randn(L, N, E + 1), x, x), {}, AssertionError, True
+    yield "2-D mask shape", {}, (x, x, x), {"attn_mask": torch.zeros(L + 1, L)}, RuntimeError, True
+    yield "3-D mask shape", {}, (x, x, x), {"attn_mask": torch.zeros(N, L, L)}, RuntimeError, True
+    yield "unbatched 3-D mask", {}, (x2, x2, x2), {"attn_mask": torch.zeros(H - 1, L, L)}, AssertionError, True
+    yield "padding batch", {}, (x, x, x), {"key_padding_mask": torch.zeros(N + 1, L, dtype=torch.bool)}, \
+        AssertionError, True
+    yield "padding length", {"add_bias_kv": True}, (x, x, x), \
+        {"key_padding_mask": torch.zeros(N, L + 2, dtype=torch.bool)}, AssertionError, True
+    yield "integer mask", {}, (x, x, x), {"attn_mask": torch.zeros(L, L, dtype=torch.int64)}, AssertionError, True
+    yield "2-D key", {}, (x, x[0], x), {}, AssertionError, True
+    yield "key vs value", {}, (x, torch.randn(S, N, E), torch.randn(S, 1, E)), {}, AssertionError, True
+    yield "key vs value, kdim", {"kdim": 8, "vdim": 12}, (x, torch.randn(S, N, 8), torch.randn(S - 1, N, 12)), {}, \
+        AssertionError, True
+    yield "kdim", {"kdim": 8, "vdim": 12}, (x, torch.randn(S, N, 9), torch.randn(S, N, 12)), {}, AssertionError, \
+        True
+    yield "key batch", {}, (x, torch.randn(S, N + 1, E), torch.randn(S, N + 1, E)), {}, RuntimeError, False
+    yield "float64 mask", {}, (x, x, x), {"attn_mask": torch.zeros(L, L, dtype=torch.float64)}, RuntimeError, False
+    yield "causal without mask", {}, (x, x, x), {"is_causal": True}, RuntimeError, True
+
+
+BAD_CALLS = list(_bad_calls())
+
+
+@pytest.mark.parametrize("case", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_bad_inputs_raise_like_torch(case):
+    _, options, inputs, call, error, same_message = case
+    ours, theirs = _pair(**options)
+    with pytest.raises(error) as our_error:
+        ours(*inputs, need_weights=False, **call)
+    with pytest.raises(error) as their_error:
+        theirs(*inputs, need_weights=False, **call)
+    if same_message:
+        assert str(our_error.value) == str(their_error.value)
+
+
+def test_mismatched_mask_types_warn_as_torch():
+    ours, theirs = _pair()
     x = torch.randn(L, N, E)
-    with pytest.raises(AssertionError, match="embedding dimension"):
-        ours(torch.randn(L, N, E + 1), x, x, need_weights=False)
-    with pytest.raises(RuntimeError, match="attn_mask"):
-        ours(x, x, x, attn_mask=torch.zeros(L + 1, L), need_weights=False)
-    with pytest.raises(AssertionError, match="key_padding_mask"):
-        ours(x, x, x, key_padding_mask=torch.zeros(N, L + 2, dtype=torch.bool), need_weights=False)
-    with pytest.raises(AssertionError, match="only bool and floating"):
-        ours(x, x, x, attn_mask=torch.zeros(L, L, dtype=torch.int64), need_weights=False)
-    with pytest.raises(AssertionError, match="3-D"):
-        ours(x, x[0], x, need_weights=False)
+    masks = {"key_padding_mask": torch.rand(N, L) > 0.8, "attn_mask": torch.zeros(L, L)}
+    for module in (theirs, ours):
+        with pytest.warns(UserWarning, match="mismatched key_padding_mask and attn_mask is deprecated"):
+            module(x, x, x, need_weights=False, **masks)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_output_views_like_torch(batch_first):
+    # Sequence-first, torch's output is contiguous, and code views it (out.view(L * N, E)); batch-first, torch
+    # returns a transposed view and ours is contiguous (README: "Where seqops and torch.nn differ").
+    ours, theirs = _pair(batch_first=batch_first)
+    x = _inputs(batch_first)[0].detach()
+    out, ref = ours(x, x, x, need_weights=False)[0], theirs(x, x, x, need_weights=False)[0]
+    assert out.is_contiguous()
+    assert ref.is_contiguous() == (not batch_first)
+    torch.testing.assert_close(out.view(-1, E), ref.reshape(-1, E))
+
+
+def test_nested_tensor_input_takes_torch_fast_path():
+    ours, theirs = _pair(batch_first=True)
+    ours.eval(), theirs.eval()
+    nested = torch.nested.nested_tensor([torch.randn(3, E), torch.randn(5, E)])
+    with torch.no_grad():
+        out = ours(nested, nested, nested, need_weights=False)[0]
+        ref = theirs(nested, nested, nested, need_weights=False)[0]
+    assert out.is_nested
+    torch.testing.assert_close(out.to_padded_tensor(0.0), ref.to_padded_tensor(0.0))
 
 
 @pytest.mark.compile

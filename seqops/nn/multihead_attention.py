@@ -8,6 +8,8 @@ kernels, with heads split by strided views (no copies); with ``need_weights=True
 torch's forward, since the weights are exactly the L x S matrix the fused kernel never forms.
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,23 +19,55 @@ from seqops.ops.attention import attention
 __all__ = ["MultiheadAttention"]
 
 
+def _check_masks(key_padding_mask, attn_mask):
+    """torch's mask dtype rules: bool or floating point, and a warning when the two masks' dtypes differ."""
+    for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+        if mask is not None and mask.dtype != torch.bool and not mask.dtype.is_floating_point:
+            raise AssertionError(f"only bool and floating types of {name} are supported")
+    if key_padding_mask is not None and attn_mask is not None and key_padding_mask.dtype != attn_mask.dtype:
+        warnings.warn("Support for mismatched key_padding_mask and attn_mask is deprecated. Use same type for "
+                      "both instead.", stacklevel=3)
+
+
 def _check_shapes(query, key, value, key_padding_mask, attn_mask, num_heads):
-    """torch's shape rules (and exception types) for MultiheadAttention inputs; returns is_batched."""
+    """torch's shape rules (and exception types and messages) for MultiheadAttention inputs; returns
+    is_batched."""
     if query.dim() not in (2, 3):
         raise AssertionError("query should be unbatched 2D or batched 3D tensor but received "
                              f"{query.dim()}-D query tensor")
     batched = query.dim() == 3
+    kind = "For batched (3-D) `query`, expected" if batched else "For unbatched (2-D) `query`, expected"
     if key.dim() != query.dim() or value.dim() != query.dim():
-        kind = "batched (3-D)" if batched else "unbatched (2-D)"
-        raise AssertionError(f"For {kind} `query`, expected `key` and `value` to be {query.dim()}-D but "
-                             f"found {key.dim()}-D and {value.dim()}-D tensors respectively")
+        raise AssertionError(f"{kind} `key` and `value` to be {query.dim()}-D but found {key.dim()}-D and "
+                             f"{value.dim()}-D tensors respectively")
     if key_padding_mask is not None and key_padding_mask.dim() != query.dim() - 1:
-        raise AssertionError(f"expected `key_padding_mask` to be `None` or {query.dim() - 1}-D but found "
+        raise AssertionError(f"{kind} `key_padding_mask` to be `None` or {query.dim() - 1}-D but found "
                              f"{key_padding_mask.dim()}-D tensor instead")
     if attn_mask is not None and attn_mask.dim() not in (2, 3):
-        raise AssertionError("expected `attn_mask` to be `None`, 2-D or 3-D but found "
-                             f"{attn_mask.dim()}-D tensor instead")
+        raise AssertionError(f"{kind} `attn_mask` to be `None`, 2-D or 3-D but found {attn_mask.dim()}-D "
+                             "tensor instead")
+    if not batched and attn_mask is not None and attn_mask.dim() == 3:
+        expected = (num_heads, query.shape[0], key.shape[0])
+        if attn_mask.shape != expected:
+            raise AssertionError(f"Expected `attn_mask` shape to be {expected} but got {attn_mask.shape}")
     return batched
+
+
+def _sequence_first(t, batched, batch_first):
+    """t as torch's functional MHA sees it: [S, N, E] (unbatched [S, 1, E])."""
+    if not batched:
+        return t.unsqueeze(1)
+    return t.transpose(0, 1) if batch_first else t
+
+
+def _check_key_value(key, value, separate_weights):
+    """torch's rule for key and value (given sequence-first, [S, N, E] or [S, E], as torch words it)."""
+    if separate_weights:
+        if key.shape[:2] != value.shape[:2]:
+            raise AssertionError(f"key's sequence and batch dims {key.shape[:2]} do not match value's "
+                                 f"{value.shape[:2]}")
+    elif key.shape != value.shape:
+        raise AssertionError(f"key shape {key.shape} does not match value shape {value.shape}")
 
 
 def _as_additive(mask, dtype):
@@ -52,17 +86,22 @@ class MultiheadAttention(nn.MultiheadAttention):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        if need_weights:
-            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=True,
-                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights,
-                                   is_causal=is_causal)
-        for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
-            if mask is not None and mask.dtype != torch.bool and not mask.dtype.is_floating_point:
-                raise AssertionError(f"only bool and floating types of {name} are supported")
+        if need_weights or any(t.is_nested for t in (query, key, value)):
+            # The weights are the L x S matrix the fused kernel never forms; nested tensors take torch's
+            # fast path (or its error).
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
+                                   need_weights=need_weights, attn_mask=attn_mask,
+                                   average_attn_weights=average_attn_weights, is_causal=is_causal)
+        _check_masks(key_padding_mask, attn_mask)
         batched = _check_shapes(query, key, value, key_padding_mask, attn_mask, self.num_heads)
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer "
                                "module method `generate_square_subsequent_mask` to create this mask.")
+        if query.shape[-1] != self.embed_dim:
+            raise AssertionError(f"was expecting embedding dimension of {self.embed_dim}, but got "
+                                 f"{query.shape[-1]}")
+        _check_key_value(*(_sequence_first(t, batched, self.batch_first) for t in (key, value)),
+                         not self._qkv_same_embed_dim)
 
         # Work batch-first, [N, L, E]: transposes here are views, and the heads are split by views below.
         if not batched:
@@ -72,11 +111,8 @@ class MultiheadAttention(nn.MultiheadAttention):
         elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         N, L, E = query.shape
-        if E != self.embed_dim:
-            raise AssertionError(f"was expecting embedding dimension of {self.embed_dim}, but got {E}")
-        if key.shape[:2] != value.shape[:2] or key.shape[0] != N:
-            raise AssertionError(f"key's batch and sequence dims {tuple(key.shape[:2])} do not match value's "
-                                 f"{tuple(value.shape[:2])} or query's batch {N}")
+        if key.shape[0] != N:  # torch fails reshaping the key's heads here, with a RuntimeError
+            raise RuntimeError(f"MultiheadAttention: key has batch size {key.shape[0]}, query {N}")
         S = key.shape[1]
         H, hd = self.num_heads, self.head_dim
 
@@ -96,10 +132,13 @@ class MultiheadAttention(nn.MultiheadAttention):
                                        query.dtype)
         dropout_p = self.dropout if self.training else 0.0
         out = attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)  # [N, H, L, hd]
+        if batched and not self.batch_first:
+            # torch returns [L, N, E] contiguous here (code views it): project from [L, N, E] rows, one copy of
+            # the attention output, E times smaller than the projection
+            out = F.linear(out.permute(2, 0, 1, 3).reshape(L, N, E), self.out_proj.weight, self.out_proj.bias)
+            return out, None
         out = F.linear(out.transpose(1, 2).reshape(N, L, E), self.out_proj.weight, self.out_proj.bias)
-        if not batched:
-            return out.squeeze(0), None
-        return (out if self.batch_first else out.transpose(0, 1)), None
+        return (out if batched else out.squeeze(0)), None
 
     def _project(self, query, key, value):
         w, b = self.in_proj_weight, self.in_proj_bias
@@ -111,6 +150,10 @@ class MultiheadAttention(nn.MultiheadAttention):
             wq, wk, wv = w[:E], w[E:2 * E], w[2 * E:]
         else:
             wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+            for name, w, t in (("key", wk, key), ("value", wv, value)):  # torch's check, word for word
+                if w.shape != (E, t.shape[-1]):
+                    raise AssertionError(f"expecting {name} weights shape of {(E, t.shape[-1])}, but got "
+                                         f"{w.shape}")
         return F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
 
     def _sdpa_mask(self, attn_mask, key_padding_mask, is_causal, N, L, S, extra_keys, dtype):
@@ -121,13 +164,17 @@ class MultiheadAttention(nn.MultiheadAttention):
         if attn_mask is not None:
             expected = (L, S) if attn_mask.dim() == 2 else (N * self.num_heads, L, S)
             if tuple(attn_mask.shape) != expected:
-                raise RuntimeError(f"The shape of the {attn_mask.dim()}D attn_mask is "
-                                   f"{tuple(attn_mask.shape)}, but should be {expected}.")
+                raise RuntimeError(f"The shape of the {attn_mask.dim()}D attn_mask is {attn_mask.shape}, but "
+                                   f"should be {expected}.")
             attn_mask = attn_mask.view(-1, self.num_heads, L, S) if attn_mask.dim() == 3 else attn_mask
         if key_padding_mask is not None:
-            if tuple(key_padding_mask.shape) != (N, S):
-                raise AssertionError(f"expecting key_padding_mask shape of {(N, S)}, but got "
-                                     f"{tuple(key_padding_mask.shape)}")
+            # torch's words and numbers (it checks after padding the mask for bias_k and the zero key)
+            if key_padding_mask.shape[0] != N:
+                raise AssertionError(f"Expected key_padded_mask.shape[0] to be {N}, but got "
+                                     f"{key_padding_mask.shape[0]}")
+            if key_padding_mask.shape[1] != S:
+                raise AssertionError(f"Expected key_padded_mask.shape[1] to be {S + extra_keys}, but got "
+                                     f"{key_padding_mask.shape[1] + extra_keys}")
             key_padding_mask = key_padding_mask.view(N, 1, 1, S)
         masks = [m for m in (attn_mask, key_padding_mask) if m is not None]
         if not masks:

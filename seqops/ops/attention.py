@@ -12,6 +12,7 @@ head dims above 256 run the reference everywhere.
 """
 
 import math
+import numbers
 import os
 
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor
 from seqops.ops import attention_cpu
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd
 from seqops.ops.attention_layout import empty_in_layout, in_layout
+from seqops.ops.errors import InvalidArgumentError, InvalidDtypeError
 from seqops.reference.attention import attention_with_lse as reference_attention_with_lse
 
 __all__ = ["attention", "attention_with_lse", "attention_dropout_mask"]
@@ -219,47 +221,67 @@ register_autograd("attention_fwd", _backward, setup_context=_setup_context)
 # Validation and canonicalisation.
 
 
-def _check_inputs(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+def _check_inputs(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"attention: {name} must be a Tensor, got {type(t).__name__}")
         if t.dim() < 2:
-            raise ValueError(f"attention: {name} must have at least 2 dims (..., length, head_dim), "
-                             f"got {t.dim()}")
+            raise InvalidArgumentError(f"attention: {name} must have at least 2 dims (..., length, head_dim), "
+                                       f"got {t.dim()}")
     if not (query.dtype == key.dtype == value.dtype):
-        raise TypeError(f"attention: query, key and value must have one dtype, got {query.dtype}, "
-                        f"{key.dtype}, {value.dtype}")
+        raise InvalidDtypeError(f"attention: query, key and value must have one dtype, got {query.dtype}, "
+                                f"{key.dtype}, {value.dtype}")
     if not query.dtype.is_floating_point:
-        raise TypeError(f"attention: expected floating-point inputs, got {query.dtype}")
+        raise InvalidDtypeError(f"attention: expected floating-point inputs, got {query.dtype}")
     if not (query.device == key.device == value.device):
-        raise ValueError(f"attention: query, key and value must be on one device, got {query.device}, "
-                         f"{key.device}, {value.device}")
+        raise InvalidArgumentError(f"attention: query, key and value must be on one device, got "
+                                   f"{query.device}, {key.device}, {value.device}")
     if query.shape[-1] != key.shape[-1]:
-        raise ValueError(f"attention: query and key head dims differ: {query.shape[-1]} vs {key.shape[-1]}")
+        raise InvalidArgumentError(f"attention: query and key head dims differ: {query.shape[-1]} vs "
+                                   f"{key.shape[-1]}")
     if key.shape[-2] != value.shape[-2]:
-        raise ValueError(f"attention: key and value lengths differ: {key.shape[-2]} vs {value.shape[-2]}")
+        raise InvalidArgumentError(f"attention: key and value lengths differ: {key.shape[-2]} vs "
+                                   f"{value.shape[-2]}")
     if not 0.0 <= dropout_p <= 1.0:
-        raise ValueError(f"attention: dropout_p must be in [0, 1], got {dropout_p}")
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise TypeError(f"attention: scale must be a float or None, got {type(scale).__name__}")
+        raise InvalidArgumentError(f"attention: dropout_p must be in [0, 1], got {dropout_p}")
     if is_causal and attn_mask is not None:
-        raise ValueError("attention: pass either attn_mask or is_causal=True, not both (as SDPA)")
+        raise InvalidArgumentError("attention: pass either attn_mask or is_causal=True, not both (as SDPA)")
     if attn_mask is not None:
         if not isinstance(attn_mask, torch.Tensor):
             raise TypeError(f"attention: attn_mask must be a Tensor or None, got {type(attn_mask).__name__}")
         if attn_mask.dtype != torch.bool and attn_mask.dtype not in (query.dtype, torch.float32):
-            raise TypeError(f"attention: attn_mask must be bool, float32 or the query dtype ({query.dtype}), "
-                            f"got {attn_mask.dtype}")
+            raise InvalidDtypeError(f"attention: attn_mask must be bool, float32 or the query dtype "
+                                    f"({query.dtype}), got {attn_mask.dtype}")
         if attn_mask.device != query.device:
-            raise ValueError(f"attention: attn_mask is on {attn_mask.device}, query on {query.device}")
+            raise InvalidArgumentError(f"attention: attn_mask is on {attn_mask.device}, query on {query.device}")
     if enable_gqa and min(query.dim(), key.dim(), value.dim()) >= 3:
         hq, hk, hv = query.shape[-3], key.shape[-3], value.shape[-3]
-        if hk != hv:
-            raise ValueError(f"attention: with enable_gqa, key and value need the same number of heads, "
-                             f"got {hk} and {hv}")
-        if hq % hk != 0:
-            raise ValueError(f"attention: with enable_gqa, query heads ({hq}) must be a multiple of "
-                             f"key/value heads ({hk})")
+        if hq % hk != 0 or hq % hv != 0:
+            raise InvalidArgumentError(f"attention: with enable_gqa, the key and value heads ({hk}, {hv}) must "
+                                       f"each divide the query heads ({hq})")
+
+
+def _scale_value(scale):
+    """The softmax scale as a float, or None: SDPA takes any real number, a numpy scalar or a one-element
+    tensor too."""
+    if scale is None:
+        return None
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+        return float(scale)
+    if isinstance(scale, numbers.Real):
+        return float(scale)
+    raise TypeError(f"attention: scale must be a float or None, got {type(scale).__name__}")
+
+
+def _grouped_heads(key, value, enable_gqa):
+    """Key and value with one head count: SDPA's enable_gqa lets key and value have different head counts
+    (each dividing the query's), which the kernels' grouping does not. The fewer heads are repeated up to
+    lcm(hk, hv), which still divides the query heads (autograd sums the repeats' gradients)."""
+    if not enable_gqa or min(key.dim(), value.dim()) < 3 or key.shape[-3] == value.shape[-3]:
+        return key, value
+    heads = math.lcm(key.shape[-3], value.shape[-3])
+    return (key.repeat_interleave(heads // key.shape[-3], dim=-3),
+            value.repeat_interleave(heads // value.shape[-3], dim=-3))
 
 
 def _heads(t):
@@ -284,15 +306,15 @@ def _canonicalise(query, key, value, attn_mask, enable_gqa):
     try:
         batch = _broadcast(batch_of(query), batch_of(key), batch_of(value))
     except RuntimeError:
-        raise ValueError(f"attention: leading dims of query {tuple(query.shape)}, key {tuple(key.shape)} and "
+        raise InvalidArgumentError(f"attention: leading dims of query {tuple(query.shape)}, key {tuple(key.shape)} and "
                          f"value {tuple(value.shape)} do not broadcast") from None
-    if enable_gqa and hk == hv and hk != hq and hq % hk == 0:
+    if enable_gqa and hk == hv and hk != hq and hq % hk == 0 and min(query.dim(), key.dim()) >= 3:
         H, Hkv = hq, hk
     else:
         try:
             H = _broadcast((hq,), (hk,), (hv,))[0]
         except RuntimeError:
-            raise ValueError(f"attention: query has {hq} heads, key {hk}, value {hv}; they must match or "
+            raise InvalidArgumentError(f"attention: query has {hq} heads, key {hk}, value {hv}; they must match or "
                              "broadcast (or pass enable_gqa=True for grouped-query attention)") from None
         Hkv = H
     out_dims = max(query.dim(), key.dim(), value.dim())
@@ -310,7 +332,7 @@ def _canonicalise(query, key, value, attn_mask, enable_gqa):
         try:
             m = attn_mask.expand(*batch, H, L, S)
         except RuntimeError:
-            raise ValueError(f"attention: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
+            raise InvalidArgumentError(f"attention: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
                              f"{(*batch, H, L, S)} (batch..., heads, L, S)") from None
         m4 = m.reshape(-1, H, L, S) if len(batch) > 1 else m
     if len(batch) == 0:
@@ -333,13 +355,15 @@ def _autocast(query, key, value, attn_mask):
     return cast(query), cast(key), cast(value), cast(attn_mask)
 
 
-def attention_with_lse(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+def attention_with_lse(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
                        enable_gqa=False):
     """Like :func:`attention`, returning ``(out, lse)``: ``lse[..., i]`` is the natural log-sum-exp of query
     row i's scaled, masked scores (``-inf`` where every key is masked), float32 (float64 for float64
     inputs). Both outputs are differentiable."""
     query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
-    _check_inputs(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    scale = _scale_value(scale)
+    _check_inputs(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    key, value = _grouped_heads(key, value, enable_gqa)
     if scale is None:  # head dim 0: every score is an empty sum, 0 whatever the scale (SDPA: uniform weights)
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
     scale = float(scale)
@@ -353,7 +377,7 @@ def attention_with_lse(query, key, value, attn_mask=None, dropout_p=0.0, is_caus
     return out.reshape(out_shape), lse.reshape(out_shape[:-1])
 
 
-def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
               enable_gqa=False):
     """``F.scaled_dot_product_attention`` on fused flash-attention kernels.
 
@@ -362,4 +386,5 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     float (added to the scores), broadcastable to (..., L, S). ``is_causal``: upper-left aligned tril mask.
     ``scale`` defaults to 1/sqrt(E). Dropout uses torch's RNG of the device. Returns (..., L, Ev).
     """
-    return attention_with_lse(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)[0]
+    return attention_with_lse(query, key, value, attn_mask, dropout_p, is_causal, scale=scale,
+                              enable_gqa=enable_gqa)[0]
