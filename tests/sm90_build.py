@@ -113,6 +113,8 @@ def launches(case):
 def stack_bytes(compiled):
     """Per-thread stack (register spills) of the cubin, from the cuobjdump Triton ships."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):  # a Triton build without it: the build itself is what the test checks
+        return None, None
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
