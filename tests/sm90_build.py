@@ -22,8 +22,6 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-SM90_SHARED_LIMIT = 232448  # bytes per block, opt-in (227 KB): what a launch is checked against
-
 
 class Sm90Driver:
     """Just enough of a CUDA driver for compiling: the target, and a device and stream that are never used."""
@@ -65,15 +63,12 @@ attention_bwd.launch_with_optional_tma = capture
 class RecordLaunch:
     """Stands in for a kernel the backward launches directly (delta): records the call instead."""
 
-    def __init__(self, kernel):
-        self.kernel = kernel
-
     def __getitem__(self, grid):
         return lambda *args, **meta: captured.append((args, dict(meta)))
 
 
 delta_kernel = attention_bwd.attention_bwd_delta_kernel
-attention_bwd.attention_bwd_delta_kernel = RecordLaunch(delta_kernel)
+attention_bwd.attention_bwd_delta_kernel = RecordLaunch()
 
 
 def inputs(B, H, Hkv, L, S, E, EV, dtype, mask):
@@ -101,13 +96,12 @@ def launches(case):
     lse = torch.randn(2, 4, 512)
     attention_bwd.attention_backward(do, q, k, v, out, lse, m, E**-0.5, causal, dropout, seed, mask == "float")
     (fwd_args, fwd_meta), (delta_args, delta_meta), (dkdv_args, dkdv_meta), (dq_args, dq_meta) = captured
-    c = attention_common
     return [
         ("delta", delta_kernel, None, delta_args, delta_meta),
         ("fwd", attention_fwd.attention_fwd_kernel, attention_fwd._fwd_sm90, fwd_args, fwd_meta),
         ("dkdv", attention_bwd.attention_bwd_dkdv_kernel, attention_bwd._dkdv_sm90, dkdv_args, dkdv_meta),
         ("dq", attention_bwd.attention_bwd_dq_kernel, attention_bwd._dq_sm90, dq_args, dq_meta),
-    ], c
+    ]
 
 
 def stack_bytes(compiled):
@@ -127,8 +121,7 @@ def stack_bytes(compiled):
 def build(case, which):
     """which: 'first' (the configuration that runs untuned) or 'all' (every one autotuning would try)."""
     rows = []
-    kernels, common = launches(case)
-    for name, jit, tuned, args, meta in kernels:
+    for name, jit, tuned, args, meta in launches(case):
         named = dict(zip(jit.arg_names, args))
         if tuned is None:  # launched with fixed constants, default warps and stages
             configs, constants, tma_choices = [triton.Config({}, num_warps=4, num_stages=3)], meta, (None,)
@@ -137,7 +130,7 @@ def build(case, which):
             configs = tuned.early_config_prune(tuned.configs, named, **constants)
             if which == "first":
                 configs = configs[:1]
-            tma_choices = (False, True) if common.tma_suits(named["Q"].dtype) else (False,)
+            tma_choices = (False, True) if attention_common.tma_suits(named["Q"].dtype) else (False,)
         for config in configs:
             for tma in tma_choices:
                 tiles = [config.kwargs.get("BLOCK_M", meta.get("BLOCK_M")), config.kwargs.get("BLOCK_N")]

@@ -306,16 +306,16 @@ def _canonicalise(query, key, value, attn_mask, enable_gqa):
     try:
         batch = _broadcast(batch_of(query), batch_of(key), batch_of(value))
     except RuntimeError:
-        raise InvalidArgumentError(f"attention: leading dims of query {tuple(query.shape)}, key {tuple(key.shape)} and "
-                         f"value {tuple(value.shape)} do not broadcast") from None
-    if enable_gqa and hk == hv and hk != hq and hq % hk == 0 and min(query.dim(), key.dim()) >= 3:
+        raise InvalidArgumentError(f"attention: leading dims of query {tuple(query.shape)}, key "
+                                   f"{tuple(key.shape)} and value {tuple(value.shape)} do not broadcast") from None
+    if enable_gqa and hk == hv and hk != hq and hq % hk == 0:  # (_grouped_heads made hk == hv)
         H, Hkv = hq, hk
     else:
         try:
             H = _broadcast((hq,), (hk,), (hv,))[0]
         except RuntimeError:
-            raise InvalidArgumentError(f"attention: query has {hq} heads, key {hk}, value {hv}; they must match or "
-                             "broadcast (or pass enable_gqa=True for grouped-query attention)") from None
+            raise InvalidArgumentError(f"attention: query has {hq} heads, key {hk}, value {hv}; they must match "
+                                       "or broadcast (or pass enable_gqa=True for grouped-query attention)") from None
         Hkv = H
     out_dims = max(query.dim(), key.dim(), value.dim())
     lead = (*batch, H) if out_dims >= 3 else ()
@@ -332,8 +332,8 @@ def _canonicalise(query, key, value, attn_mask, enable_gqa):
         try:
             m = attn_mask.expand(*batch, H, L, S)
         except RuntimeError:
-            raise InvalidArgumentError(f"attention: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
-                             f"{(*batch, H, L, S)} (batch..., heads, L, S)") from None
+            raise InvalidArgumentError(f"attention: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast "
+                                       f"to {(*batch, H, L, S)} (batch..., heads, L, S)") from None
         m4 = m.reshape(-1, H, L, S) if len(batch) > 1 else m
     if len(batch) == 0:
         q4, k4, v4 = q4.unsqueeze(0), k4.unsqueeze(0), v4.unsqueeze(0)
@@ -366,7 +366,6 @@ def attention_with_lse(query, key, value, attn_mask=None, dropout_p=0.0, is_caus
     key, value = _grouped_heads(key, value, enable_gqa)
     if scale is None:  # head dim 0: every score is an empty sum, 0 whatever the scale (SDPA: uniform weights)
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
-    scale = float(scale)
     q4, k4, v4, m4, out_shape = _canonicalise(query, key, value, attn_mask, enable_gqa)
     if q4.numel() == 0 or k4.shape[2] == 0 or v4.numel() == 0:
         # Nothing to stream: an empty batch or length, or no keys (every row fully masked: zeros, lse -inf).
