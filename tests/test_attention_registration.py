@@ -144,6 +144,10 @@ def test_gqa_with_different_key_and_value_heads_matches_sdpa():
     grad = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad)):
         torch.testing.assert_close(a, b)
+    small = make_qkv((1, 4, 3, 4), (1, 2, 4, 4), (1, 4, 4, 4), dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda q, k, v: attention(q, k, v, enable_gqa=True), small)
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v, enable_gqa=True), fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), theirs)
 
 
 def test_scale_and_enable_gqa_are_keyword_only_and_scale_takes_what_sdpa_takes():
