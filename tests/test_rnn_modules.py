@@ -12,10 +12,12 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqops
+from seqops.ops import rnn_layer
 from seqops.ops.rnn_stack import rnn_stack, weights_from_flat, weights_from_module
 
 # Helper modules next to the tests (pytest puts tests/ on sys.path).
 from conftest import raise_alike  # isort: skip
+from error_rule import assert_error_rule  # isort: skip
 from rnn_module_cases import (  # isort: skip
     B, H, I, LENGTHS, MODES, P, T, assert_same_results, make_inputs, module_pair, pairwise_cases, run,
 )
@@ -453,6 +455,25 @@ def _low_precision_case(mode, layout):
 
 @pytest.mark.parametrize("device,mode,dtype,layout", list(_low_precision_params()))
 def test_low_precision_matches_torch_nn(device, mode, dtype, layout):
+    _check_low_precision_against_torch_nn(device, mode, dtype, layout)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["batched", "packed"])
+def test_cuda_structure_low_precision_on_cpu_matches_torch_nn(monkeypatch, mode, dtype, layout):
+    # CUDA runs the layer ops in fp16/bf16 themselves (gate workspaces, their gradients and the carried states in
+    # the low-precision dtype, fp32 math inside each kernel and GEMM); the CPU computes those dtypes in fp32 (see
+    # rnn_layer.py). Without the fp32 detour the CPU runs CUDA's structure on the same C++ layer ops, so this is
+    # the nearest check of CUDA's low-precision numerics that a machine without a GPU can make.
+    monkeypatch.setattr(rnn_layer, "_CPU_LOW_PRECISION", ())
+    calls = []
+    monkeypatch.setattr(rnn_layer, "_in_fp32", lambda *args: calls.append(args))
+    _check_low_precision_against_torch_nn("cpu", mode, dtype, layout)
+    assert not calls
+
+
+def _check_low_precision_against_torch_nn(device, mode, dtype, layout):
     case, options = _low_precision_case(mode, layout)
     theirs, ours = module_pair(mode, **options)
     _, _, leaves64 = make_inputs(mode, case, torch.float64, device)
@@ -481,14 +502,78 @@ def test_low_precision_matches_torch_nn(device, mode, dtype, layout):
 
 
 def _assert_flash_attention_rule(actual, baseline, expected):
-    """seqops' low-precision error vs the float64 reference is at most 2x torch.nn's own, for the outputs and
-    every gradient, on every device (on the CPU seqops computes fp16/bf16 layers in fp32, see rnn_layer.py)."""
-    ours_err, torch_err = _max_errors(actual, expected), _max_errors(baseline, expected)
+    """seqops' low-precision error vs the float64 reference is at most 2x torch.nn's own plus one rounding unit at
+    the reference's scale (tests/error_rule.py), for the outputs and every gradient. At these sizes a bias
+    gradient has 18 elements, so its largest error is one final rounding, and torch.nn's can land within 0.2 of
+    a unit where ours lands at 0.6: the unit keeps that luck out of the rule."""
     for key in expected:
-        if key in ours_err:
-            assert ours_err[key] <= 2 * torch_err[key], (key, ours_err[key], torch_err[key])
+        if actual[key].is_floating_point():
+            assert_error_rule(actual[key], baseline[key], expected[key], name=key)
         if key.startswith("grad_"):
             assert actual[key].isfinite().all(), key
+
+
+# ---- low precision at a size where a largest error is a measure, not one rounding ----
+
+_AT_SCALE = {"T": 40, "B": 16, "I": 32, "H": 48, "P": 24}
+_AT_SCALE_LENGTHS = [40, 38, 38, 35, 31, 30, 24, 24, 20, 17, 12, 9, 6, 3, 2, 1]
+
+
+def _at_scale_pair(mode):
+    torch_cls, seqops_cls = {"LSTM": (nn.LSTM, seqops.LSTM), "GRU": (nn.GRU, seqops.GRU),
+                             "RNN_TANH": (nn.RNN, seqops.RNN)}[mode]
+    options = {"num_layers": 2, "bidirectional": True}
+    if mode == "LSTM":
+        options["proj_size"] = _AT_SCALE["P"]
+    torch.manual_seed(3)
+    theirs = torch_cls(_AT_SCALE["I"], _AT_SCALE["H"], **options)
+    ours = seqops_cls(_AT_SCALE["I"], _AT_SCALE["H"], **options)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def _at_scale_params():
+    # Not RNN_RELU: over 640 rows some pre-activations round across 0 in any low-precision run, flipping relu's
+    # derivative and a whole gradient row, so its largest error says which run flipped the worst element (the
+    # CUDA structure flips as many as torch.nn: 34 vs 30 fp16, 270 vs 268 bf16 over 8 draws at this size; the
+    # CPU's fp32 detour none). Smaller sizes above and test_rnn_layer_ops' error rule cover it.
+    for mode in ("LSTM", "GRU", "RNN_TANH"):
+        for dtype in (torch.float16, torch.bfloat16):
+            for packed in (False, True):
+                yield pytest.param("cpu", False, mode, dtype, packed)
+                yield pytest.param("cpu", True, mode, dtype, packed)
+                yield pytest.param("cuda", False, mode, dtype, packed, marks=pytest.mark.gpu)
+
+
+@pytest.mark.parametrize("device,cuda_structure,mode,dtype,packed", list(_at_scale_params()))
+def test_low_precision_at_scale_matches_torch_nn(monkeypatch, device, cuda_structure, mode, dtype, packed):
+    # 640 rows per layer-direction, 48 hidden: every gradient's largest error is over hundreds to thousands of
+    # elements. cuda_structure: the CPU without the fp32 detour, as in the test above.
+    if cuda_structure:
+        monkeypatch.setattr(rnn_layer, "_CPU_LOW_PRECISION", ())
+    theirs, ours = _at_scale_pair(mode)
+    T_, B_, I_ = _AT_SCALE["T"], _AT_SCALE["B"], _AT_SCALE["I"]
+    x = torch.randn(B_, T_, I_, dtype=torch.float64).to(dtype)  # the inputs every run sees, rounded once
+    lengths = torch.tensor(_AT_SCALE_LENGTHS)
+
+    def results(module, run_dtype):
+        module = module.to(device, run_dtype)
+        module.batch_first = True
+        leaf = x.to(device, run_dtype).requires_grad_()
+        inp = pack_padded_sequence(leaf, lengths, batch_first=True, enforce_sorted=False) if packed else leaf
+        out, state = module(inp)
+        out = out.data if packed else out
+        states = list(state) if mode == "LSTM" else [state]
+        gen = torch.Generator().manual_seed(1)
+        upstream = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(dtype).to(t) for t in (out, *states)]
+        grads = torch.autograd.grad([out, *states], [leaf, *module.parameters()], upstream)
+        names = ["grad_input"] + [f"grad_{n}" for n, _ in module.named_parameters()]
+        return {"output": out, **{f"state{k}": s for k, s in enumerate(states)}, **dict(zip(names, grads))}
+
+    expected = results(_at_scale_pair(mode)[0].to(dtype), torch.float64)
+    baseline = results(theirs, dtype)
+    actual = results(ours, dtype)
+    _assert_flash_attention_rule(actual, baseline, expected)
 
 
 def _autocast_params():
