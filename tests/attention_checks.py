@@ -47,11 +47,17 @@ def assert_close_fp32_grad(got, want, name="grad"):
     torch.testing.assert_close(got, want.float(), atol=atol, rtol=1.3e-6, msg=lambda m: f"{name}: {m}")
 
 
-def check_fp32(q, k, v, **kwargs):
-    """fp32 seqops.attention against the float64 reference: default fp32 tolerances forward, every gradient
-    (q, k, v, and a float mask that requires grad) by assert_close_fp32_grad. Returns the output."""
+def through_the_ops(q, k, v, **kwargs):
+    """The attention output through seqops' custom ops on every device (seqops.attention on the CPU hands the
+    cases SDPA runs on its own CPU flash kernel to SDPA; attention_with_lse never does)."""
+    return seqops.attention_with_lse(q, k, v, **kwargs)[0]
+
+
+def check_fp32(q, k, v, attend=seqops.attention, **kwargs):
+    """fp32 attend (seqops.attention) against the float64 reference: default fp32 tolerances forward, every
+    gradient (q, k, v, and a float mask that requires grad) by assert_close_fp32_grad. Returns the output."""
     mask = kwargs.get("attn_mask")
-    out = seqops.attention(q, k, v, **kwargs)
+    out = attend(q, k, v, **kwargs)
     grad_out = torch.randn_like(out)
     exact, exact_grads = float64_oracle(q, k, v, grad_out, **kwargs)
     torch.testing.assert_close(out, exact.float())

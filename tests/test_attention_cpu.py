@@ -1,14 +1,16 @@
-"""seqops.attention on CPU tensors without the Triton interpreter (what a user without a GPU runs): PyTorch's CPU
-flash kernels where they compute the same function (seqops.ops.attention_cpu), the reference elsewhere. Against
-the float64 oracle and F.scaled_dot_product_attention, forward and every gradient, and that the fast route is
-the one taken."""
+"""seqops' attention on CPU tensors without the Triton interpreter (what a user without a GPU runs).
+
+seqops.attention is SDPA itself wherever SDPA runs PyTorch's CPU flash kernel (tested first, below). The ops
+(attention_with_lse, and seqops.attention elsewhere) run that kernel where it computes the same function
+(seqops.ops.attention_cpu) and the reference otherwise: against the float64 oracle and
+F.scaled_dot_product_attention, forward and every gradient, and that the fast route is the one taken."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from attention_checks import assert_close_fp32_grad, check_fp32, float64_oracle, make_qkv, max_err
+from attention_checks import assert_close_fp32_grad, check_fp32, float64_oracle, make_qkv, max_err, through_the_ops
 
 import seqops
 from seqops.ops import attention as attention_module
@@ -38,8 +40,94 @@ def flash_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def op_route_calls(monkeypatch):
+    """Counts seqops.attention's calls into seqops' own ops (the rest went to SDPA)."""
+    calls = []
+    real = attention_module._attention_op
+
+    def counted(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(attention_module, "_attention_op", counted)
+    return calls
+
+
+def _interleaved(B, H, L, E, dtype=torch.float32):
+    return torch.randn(B, L, H, E, dtype=dtype).transpose(1, 2)
+
+
+# (q, k, v, kwargs) makers for which SDPA runs its CPU flash kernel
+SDPA_FLASH_CASES = {
+    "plain": lambda: ((2, 4, 33, 16), (2, 4, 33, 16), (2, 4, 33, 16), {}),
+    "key_padding_bool": lambda: ((2, 3, 9, 16), (2, 3, 12, 16), (2, 3, 12, 16),
+                                 {"attn_mask": torch.rand(2, 1, 1, 12) > 0.3}),
+    "float_mask": lambda: ((2, 3, 9, 16), (2, 3, 12, 16), (2, 3, 12, 16), {"attn_mask": torch.randn(9, 12)}),
+    "causal_L_ne_S": lambda: ((2, 2, 17, 32), (2, 2, 40, 32), (2, 2, 40, 32), {"is_causal": True}),
+    "gqa": lambda: ((2, 6, 21, 16), (2, 2, 27, 16), (2, 2, 27, 16), {"enable_gqa": True, "is_causal": True}),
+    "three_dims": lambda: ((4, 19, 16), (4, 23, 16), (4, 23, 16), {"scale": 0.3}),
+    "interleaved": lambda: (_interleaved(2, 4, 13, 16), _interleaved(2, 4, 11, 16), _interleaved(2, 4, 11, 16), {}),
+    "bf16": lambda: (torch.randn(2, 4, 33, 16, dtype=torch.bfloat16), torch.randn(2, 4, 40, 16, dtype=torch.bfloat16),
+                     torch.randn(2, 4, 40, 16, dtype=torch.bfloat16), {}),
+}
+
+
+def _tensors(spec):
+    q, k, v, kwargs = spec()
+    q, k, v = (t if isinstance(t, torch.Tensor) else torch.randn(t) for t in (q, k, v))
+    return [t.requires_grad_() for t in (q, k, v)], kwargs
+
+
+@pytest.mark.parametrize("case", list(SDPA_FLASH_CASES))
+def test_attention_is_sdpa_where_sdpa_runs_its_cpu_flash_kernel(op_route_calls, flash_calls, case):
+    # The same kernel either way; through SDPA without seqops' Python around it. So: SDPA's exact numbers and
+    # strides, forward and backward.
+    (q, k, v), kwargs = _tensors(SDPA_FLASH_CASES[case])
+    ours = seqops.attention(q, k, v, **kwargs)
+    theirs = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    assert torch.equal(ours, theirs) and ours.stride() == theirs.stride()
+    grad = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad)):
+        assert torch.equal(a, b) and a.stride() == b.stride()
+    assert not op_route_calls and flash_calls == {"fwd": 0, "bwd": 0}
+
+
+# what SDPA would run on its math backend, or what seqops computes its own way: seqops' ops take these
+OP_ROUTE_CASES = {
+    "broadcast_batch": lambda: ((2, 4, 13, 16), (1, 4, 11, 16), (1, 4, 11, 16), {}),
+    "strided_head_dim": lambda: (torch.randn(2, 3, 16, 13).transpose(-1, -2), (2, 3, 11, 16), (2, 3, 11, 16), {}),
+    "value_head_dim": lambda: ((2, 3, 13, 16), (2, 3, 11, 16), (2, 3, 11, 8), {}),
+    "mask_with_grad": lambda: ((2, 3, 13, 16), (2, 3, 11, 16), (2, 3, 11, 16),
+                               {"attn_mask": torch.randn(13, 11, requires_grad=True)}),
+    "five_dims": lambda: ((2, 2, 3, 13, 16), (2, 2, 3, 11, 16), (2, 2, 3, 11, 16), {}),
+    "float64": lambda: (torch.randn(2, 3, 13, 16, dtype=torch.float64), torch.randn(2, 3, 11, 16, dtype=torch.float64),
+                        torch.randn(2, 3, 11, 16, dtype=torch.float64), {}),
+    "head_dim_zero": lambda: ((2, 3, 13, 0), (2, 3, 11, 0), (2, 3, 11, 4), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(OP_ROUTE_CASES))
+def test_attention_keeps_its_ops_where_sdpa_would_not_run_flash(op_route_calls, case):
+    (q, k, v), kwargs = _tensors(OP_ROUTE_CASES[case])
+    ours = seqops.attention(q, k, v, **kwargs)
+    assert len(op_route_calls) == 1
+    theirs = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    torch.testing.assert_close(ours, theirs)
+    wrt = (q, k, v) + ((kwargs["attn_mask"],) if case == "mask_with_grad" else ())
+    grad = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, wrt, grad), torch.autograd.grad(theirs, wrt, grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_dropout_keeps_its_ops(op_route_calls):
+    q, k, v = make_qkv((2, 2, 16, 8), (2, 2, 16, 8), (2, 2, 16, 8), requires_grad=False)
+    seqops.attention(q, k, v, dropout_p=0.3)
+    assert len(op_route_calls) == 1
+
+
 def _check_against_oracle(q, k, v, **kwargs):
-    out = check_fp32(q, k, v, **kwargs)
+    out = check_fp32(q, k, v, attend=through_the_ops, **kwargs)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, **kwargs))
     return out
 
@@ -166,7 +254,7 @@ def test_low_precision_error_rule(flash_calls, dtype):
     q, k, v = make_qkv((2, 4, 64, 32), (2, 4, 80, 32), (2, 4, 80, 32), dtype=dtype)
     mask = torch.rand(2, 1, 1, 80) > 0.2
     mask[..., 0] = True
-    out = seqops.attention(q, k, v, attn_mask=mask)
+    out = through_the_ops(q, k, v, attn_mask=mask)
     grad = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), grad)
     theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -184,7 +272,7 @@ def test_nan_propagates_like_sdpa():
     k2 = k.clone()
     k2[0, 0, 2, 0] = float("inf")
     for args in ((q, k, v), (q.nan_to_num(), k2, v)):
-        ours, theirs = seqops.attention(*args), F.scaled_dot_product_attention(*args)
+        ours, theirs = through_the_ops(*args), F.scaled_dot_product_attention(*args)
         assert torch.equal(torch.isnan(ours), torch.isnan(theirs))
         torch.testing.assert_close(ours.nan_to_num(), theirs.nan_to_num())
 
@@ -193,13 +281,15 @@ def test_opcheck_and_compile_on_the_cpu_kernel():
     q, k, v = make_qkv((1, 2, 9, 16), (1, 2, 11, 16), (1, 2, 11, 16))
     mask = (torch.rand(1, 1, 9, 11) > 0.3).expand(1, 2, 9, 11)
     torch.library.opcheck(torch.ops.seqops.attention_fwd, (q, k, v, mask, None, 0.25, False, 0.0))
-    compiled = torch.compile(lambda q, k, v: seqops.attention(q, k, v, is_causal=True), fullgraph=True)
-    out = compiled(q, k, v)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
-    grads = torch.autograd.grad(out.sum(), (q, k, v))
-    their_grads = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, is_causal=True).sum(), (q, k, v))
-    for a, b in zip(grads, their_grads):
-        torch.testing.assert_close(a, b)
+    their_out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    their_grads = torch.autograd.grad(their_out.sum(), (q, k, v))
+    for attend in (seqops.attention, through_the_ops):  # SDPA's route, the ops' route
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda q, k, v, attend=attend: attend(q, k, v, is_causal=True), fullgraph=True)
+        out = compiled(q, k, v)
+        torch.testing.assert_close(out, their_out)
+        for a, b in zip(torch.autograd.grad(out.sum(), (q, k, v)), their_grads):
+            torch.testing.assert_close(a, b)
 
 
 def test_gradcheck_keeps_the_exact_float64_reference(flash_calls):

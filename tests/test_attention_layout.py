@@ -1,13 +1,14 @@
 """The attention ops' output layouts (seqops/ops/attention_layout.py): out and dq take q's layout, dk k's, dv
 v's, on every route (the Triton kernels, PyTorch's CPU flash kernel, the reference), and the fake kernels
-declare exactly those strides. Heads split from a projection by views come back mergeable by views."""
+declare exactly those strides. Heads split from a projection by views come back mergeable by views. (On the CPU,
+seqops.attention hands what SDPA runs on its CPU flash kernel to SDPA, strides included: through_the_ops
+reaches the ops' own CPU route.)"""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from attention_checks import check_fp32
+from attention_checks import check_fp32, through_the_ops
 
-import seqops
 from seqops.ops import attention as attention_module
 from seqops.ops import attention_cpu
 from seqops.ops.attention_layout import heads_interleaved, in_layout, layout_strides
@@ -50,14 +51,14 @@ def test_the_rule():
 def test_outputs_and_gradients_take_their_inputs_layouts(route):
     xq, (q, _, _) = _projected(H, L)
     xkv, (_, k, v) = _projected(HKV, S)
-    out = seqops.attention(q, k, v, enable_gqa=True)
+    out = through_the_ops(q, k, v, enable_gqa=True)
     assert out.stride() == layout_strides(q, out.shape)
     merged = out.transpose(1, 2).view(B, L, H * E)  # a view, as after SDPA's CPU and CUDA flash kernels
     grad = torch.randn_like(merged)
     merged.backward(grad)
     # The same values and projection gradients as the computation on contiguous copies of the heads.
     leaves = [t.detach().contiguous().requires_grad_() for t in (q, k, v)]
-    ref = seqops.attention(*leaves, enable_gqa=True)
+    ref = through_the_ops(*leaves, enable_gqa=True)
     assert ref.is_contiguous()
     torch.testing.assert_close(out, ref)
     dq, dk, dv = torch.autograd.grad(ref, leaves, grad.view(B, L, H, E).transpose(1, 2))
@@ -68,7 +69,7 @@ def test_outputs_and_gradients_take_their_inputs_layouts(route):
 
 def test_contiguous_inputs_keep_contiguous_outputs(route):
     q, k, v = (torch.randn(B, n, length, E, requires_grad=True) for n, length in ((H, L), (HKV, S), (HKV, S)))
-    out = seqops.attention(q, k, v, enable_gqa=True)
+    out = through_the_ops(q, k, v, enable_gqa=True)
     assert out.is_contiguous()
     for grad in torch.autograd.grad(out, (q, k, v), torch.randn_like(out)):
         assert grad.is_contiguous()
@@ -76,10 +77,10 @@ def test_contiguous_inputs_keep_contiguous_outputs(route):
 
 def test_values_match_the_reference_in_the_interleaved_layout(route):
     _, (q, k, v) = _projected(H, L)
-    check_fp32(q, k, v, is_causal=True)
+    check_fp32(q, k, v, attend=through_the_ops, is_causal=True)
     mask = torch.rand(B, 1, 1, L) > 0.3
     mask[..., 0] = True
-    check_fp32(q, k, v, attn_mask=mask)
+    check_fp32(q, k, v, attend=through_the_ops, attn_mask=mask)
 
 
 @pytest.mark.parametrize("interleaved", ["q", "k", "v", "all"])
@@ -105,7 +106,7 @@ def test_compiled_multihead_style_block_matches_eager(route):
 
     def block(x, w):
         q, k, v = F.linear(x, w).view(B, L, 3, H, E).unbind(2)
-        out = seqops.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        out = through_the_ops(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return out.transpose(1, 2).reshape(B, L, H * E)
 
     x = torch.randn(B, L, H * E)

@@ -8,7 +8,8 @@ device (so ``torch.manual_seed`` reproduces a dropout draw, and the backward reg
 Routing: CUDA tensors run the Triton kernels; CPU tensors run PyTorch's CPU flash-attention kernels where
 they compute the same function and the reference elsewhere (attention_cpu.py), except when
 ``TRITON_INTERPRET=1`` was set before import, when they run the Triton kernels in the interpreter. float64 and
-head dims above 256 run the reference everywhere.
+head dims above 256 run the reference everywhere. ``attention`` on CPU tensors that SDPA itself would run on
+its CPU flash kernel calls SDPA (the same kernel, without the ops' Python around it; _sdpa_runs_cpu_flash).
 """
 
 import math
@@ -16,6 +17,7 @@ import numbers
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from seqops.ops import attention_cpu
@@ -355,14 +357,41 @@ def _autocast(query, key, value, attn_mask):
     return cast(query), cast(key), cast(value), cast(attn_mask)
 
 
-def attention_with_lse(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
-                       enable_gqa=False):
-    """Like :func:`attention`, returning ``(out, lse)``: ``lse[..., i]`` is the natural log-sum-exp of query
-    row i's scaled, masked scores (``-inf`` where every key is masked), float32 (float64 for float64
-    inputs). Both outputs are differentiable."""
+def _prepared(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    """The arguments autocast, checked, with the scale as a float or None."""
     query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     scale = _scale_value(scale)
     _check_inputs(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    return query, key, value, attn_mask, scale
+
+
+def _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, enable_gqa):
+    """Whether SDPA itself would run PyTorch's CPU flash kernel here, the kernel seqops' CPU route calls (it picks
+    its math backend for broadcast batches, a strided head dim, a value head dim unlike the query's, a float
+    mask that takes a gradient). Then seqops.attention is SDPA, without ~25 us of seqops' own Python per call
+    and per backward (at L = 32 that overhead doubled the call). Not float64 (the exact reference for gradcheck)
+    nor dropout (seqops draws its own reproducible mask)."""
+    if _INTERPRET or query.device.type != "cpu" or dropout_p != 0.0:
+        return False
+    if query.dtype not in attention_cpu.CPU_FLASH_DTYPES:
+        return False
+    if not query.dim() == key.dim() == value.dim() or query.dim() not in (3, 4):
+        return False
+    if not query.shape[:-3] == key.shape[:-3] == value.shape[:-3] or query.shape[-1] != value.shape[-1]:
+        return False
+    hq, hk = query.shape[-3], key.shape[-3]
+    if value.shape[-3] != hk or not (hq == hk or (enable_gqa and hq % hk == 0)):
+        return False
+    if min(query.shape[-2], key.shape[-2], query.shape[-1]) == 0 or query.numel() == 0:
+        return False
+    if any(t.stride(-1) != 1 for t in (query, key, value)):
+        return False
+    return attn_mask is None or attn_mask.dtype == torch.bool or (
+        attn_mask.dtype == query.dtype and not attn_mask.requires_grad)
+
+
+def _attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    # the prepared arguments -> (out, lse) through seqops' ops
     key, value = _grouped_heads(key, value, enable_gqa)
     if scale is None:  # head dim 0: every score is an empty sum, 0 whatever the scale (SDPA: uniform weights)
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
@@ -376,6 +405,16 @@ def attention_with_lse(query, key, value, attn_mask=None, dropout_p=0.0, is_caus
     return out.reshape(out_shape), lse.reshape(out_shape[:-1])
 
 
+def attention_with_lse(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
+                       enable_gqa=False):
+    """Like :func:`attention`, returning ``(out, lse)``: ``lse[..., i]`` is the natural log-sum-exp of query
+    row i's scaled, masked scores (``-inf`` where every key is masked), float32 (float64 for float64
+    inputs). Both outputs are differentiable."""
+    args = _prepared(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    query, key, value, attn_mask, scale = args
+    return _attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
 def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
               enable_gqa=False):
     """``F.scaled_dot_product_attention`` on fused flash-attention kernels.
@@ -384,6 +423,11 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     query heads (dim -3) may be a multiple of the key/value heads. ``attn_mask``: bool (True = take part) or
     float (added to the scores), broadcastable to (..., L, S). ``is_causal``: upper-left aligned tril mask.
     ``scale`` defaults to 1/sqrt(E). Dropout uses torch's RNG of the device. Returns (..., L, Ev).
+    On CPU tensors where SDPA itself runs PyTorch's CPU flash kernel, this is SDPA (see _sdpa_runs_cpu_flash).
     """
-    return attention_with_lse(query, key, value, attn_mask, dropout_p, is_causal, scale=scale,
-                              enable_gqa=enable_gqa)[0]
+    query, key, value, attn_mask, scale = _prepared(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                                    enable_gqa)
+    if _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, enable_gqa):
+        return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=scale,
+                                              enable_gqa=enable_gqa)
+    return _attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)[0]

@@ -20,7 +20,7 @@ from seqops.ops.attention_layout import in_layout
 # Private ATen ops (torch >= 2.2): where a build lacks them, every call takes the reference.
 _flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _flash_backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+CPU_FLASH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def applies(q, v, mask, dropout_p):
@@ -29,7 +29,7 @@ def applies(q, v, mask, dropout_p):
         _flash is not None
         and _flash_backward is not None
         and q.device.type == "cpu"
-        and q.dtype in _DTYPES
+        and q.dtype in CPU_FLASH_DTYPES
         and dropout_p == 0.0
         and q.shape[-1] == v.shape[-1]
         and (mask is None or mask.dtype in (torch.bool, q.dtype))
