@@ -1,8 +1,9 @@
 """``seqops.convert(model)``: swap torch.nn's recurrent (and attention) modules for their seqops twins.
 
 A twin takes over the original module's state as it is: the same ``Parameter`` objects (so optimizers,
-weight tying, ``requires_grad`` flags and DDP's parameter lists keep working), buffers, hooks, training
-mode and any attribute set on it. Device and dtype follow from the shared parameters. This works because
+weight tying, ``requires_grad`` flags and DDP's parameter lists keep working), buffers, hooks (the same hook
+dicts, so a handle registered before the conversion still removes its hook), training mode and any attribute
+set on it. Device and dtype follow from the shared parameters. This works because
 every twin is built on the same torch.nn base class as the module it replaces and adds no state of its own.
 """
 
@@ -41,10 +42,13 @@ def _twins():
 
 def _twin_of(module, twin_class):
     twin = twin_class.__new__(twin_class)
-    # One level of copying: the twin gets its own hook / parameter / submodule dicts and _flat_weights
-    # list (so later edits to one module do not leak into the other) holding the same objects.
+    # One level of copying: the twin gets its own parameter / buffer / submodule dicts and _flat_weights list
+    # (so later edits to one module do not leak into the other) holding the same objects. The hook dicts are
+    # shared instead: a RemovableHandle registered before the conversion points at its dict, and its remove()
+    # must still take the hook off the module that now runs.
     twin.__dict__.update(
-        {k: copy.copy(v) if isinstance(v, (dict, list, set)) else v for k, v in module.__dict__.items()}
+        {k: v if "hooks" in k else copy.copy(v) if isinstance(v, (dict, list, set)) else v
+         for k, v in module.__dict__.items()}
     )
     return twin
 

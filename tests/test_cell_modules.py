@@ -263,3 +263,15 @@ def test_autocast_computes_in_the_autocast_dtype(device, kind):
     by_hand = run(ours.to(expected_dtype), cast[0], tuple(cast[1:]) if kind == "LSTMCell" else cast[1], cast)
     for key in actual:
         torch.testing.assert_close(actual[key], by_hand[key].to(actual[key].dtype), msg=key)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_two_bias_gradients_are_two_tensors(kind):
+    # One gradient serves both biases; the backward hands back two tensors, as torch.nn does, so an in-place
+    # change of one (a functional optimizer step, an in-place hook) leaves the other alone.
+    for cell in cell_pair(kind):
+        x, hx, leaves = make_inputs(kind, True, True, torch.float32)
+        grads = run(cell, x, hx, leaves)
+        expected = grads["grad_bias_hh"].clone()
+        grads["grad_bias_ih"].mul_(0.1)
+        torch.testing.assert_close(grads["grad_bias_hh"], expected)

@@ -119,6 +119,27 @@ def test_hooks_and_attributes_survive():
     assert calls == [seqops.RNN] and model[0].note == "kept"
 
 
+def test_hook_handles_registered_before_convert_still_remove_their_hooks():
+    calls = []
+    model = nn.Sequential(nn.LSTM(3, 4))
+    handles = [
+        model[0].register_forward_hook(lambda module, args, out: calls.append("forward")),
+        model[0].register_forward_pre_hook(lambda module, args, kwargs: calls.append("pre"), with_kwargs=True),
+        model[0].register_full_backward_hook(lambda module, grad_in, grad_out: calls.append("backward")),
+        model[0].register_state_dict_post_hook(lambda module, state, prefix, local: calls.append("state_dict")),
+    ]
+    seqops.convert(model)
+    model(torch.randn(5, 2, 3, requires_grad=True))[0].sum().backward()
+    model.state_dict()
+    assert sorted(calls) == ["backward", "forward", "pre", "state_dict"]
+    for handle in handles:
+        handle.remove()
+    calls.clear()
+    model(torch.randn(5, 2, 3, requires_grad=True))[0].sum().backward()
+    model.state_dict()
+    assert calls == []
+
+
 def test_optimizer_built_before_convert_still_trains_the_model():
     torch.manual_seed(0)
     model = nn.Sequential(nn.LSTM(3, 4))

@@ -8,6 +8,7 @@ from error_rule import assert_error_rule
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import seqops
 from conftest import devices
 from seqops import reference
 from seqops.ops.rnn_layer import rnn_layer
@@ -290,6 +291,12 @@ def test_bad_batch_sizes_raise_clear_errors():
         rnn_layer("GRU", reverse=False, **dict(args, batch_sizes=torch.tensor([3.0, 2.0, 1.0])))
     with pytest.raises(RuntimeError, match="2-D"):
         rnn_layer("GRU", reverse=False, **dict(args, input=args["input"].unsqueeze(0)))
+    with pytest.raises(RuntimeError, match=r"batch_sizes\[1\] = 2 after 1"):
+        rnn_layer("GRU", reverse=False, **dict(args, batch_sizes=torch.tensor([1, 2, 3])))
+    # sizes whose int64 sum wraps around to the row count (2 (2^63 - 1) + 8 = 2^64 + 6): refused before the
+    # sum can overflow
+    with pytest.raises(RuntimeError, match="sum to more than the packed input's 6 rows"):
+        rnn_layer("GRU", reverse=False, **dict(args, batch_sizes=torch.tensor([2**63 - 1, 2**63 - 1, 8])))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -411,10 +418,13 @@ def test_backward_op_checks_output_and_its_gradient(mode):
     call, grad, out = _backward_call(mode)
     call(grad, out)  # the right arguments pass
     T, B, H = grad.shape
+    # the wrong width; the right numel laid out batch-first or flattened (read in the wrong row order)
     for name, args in (("grad_output", (grad.reshape(T, 2 * B, H // 2), out)),
                        ("grad_output", (grad[..., :1], out)),
-                       ("output", (grad, out.reshape(T, 2 * B, H // 2)))):
-        with pytest.raises(RuntimeError, match=f"{name} has shape .* does not match the layer's 15 rows of 8"):
+                       ("output", (grad, out.reshape(T, 2 * B, H // 2))),
+                       ("grad_output", (grad.transpose(0, 1).contiguous(), out)),
+                       ("output", (grad, out.reshape(T * B, H)))):
+        with pytest.raises(RuntimeError, match=rf"{name} has shape .*, expected \[{T}, {B}, {H}\]"):
             call(*args)
     with pytest.raises(RuntimeError, match="grad_output has dtype Double but input has dtype Float"):
         call(grad.double(), out)
@@ -432,3 +442,33 @@ def test_backward_op_refuses_a_gradient_on_another_device(mode):
         call(grad.cpu(), out)
     with pytest.raises(RuntimeError, match="output is on cpu but input is on cuda"):
         call(grad, out.cpu())
+
+
+def _meta_mixing_cases():
+    x, h = torch.randn(4, 8), torch.randn(4, 16)
+    meta = {"device": "meta"}
+
+    def gru_with_meta_weight():
+        module = seqops.GRU(8, 16)
+        module.weight_hh_l0 = torch.nn.Parameter(torch.randn(48, 16, **meta))
+        return module(torch.randn(3, 2, 8))
+
+    return {
+        "gru_cell, meta b_ih": lambda: seqops.gru_cell(x, h, torch.randn(48, 8), torch.randn(48, 16),
+                                                       torch.randn(48, **meta), None),
+        "lstm_cell, meta cx": lambda: seqops.lstm_cell(x, (h, torch.randn(4, 16, **meta)), torch.randn(64, 8),
+                                                       torch.randn(64, 16)),
+        "rnn_tanh_cell, meta hx": lambda: seqops.rnn_tanh_cell(x, torch.randn(4, 16, **meta), torch.randn(16, 8),
+                                                               torch.randn(16, 16)),
+        "GRU, meta weight_hh": gru_with_meta_weight,
+        "rnn_layer op, meta batch_sizes": lambda: torch.ops.seqops.rnn_layer_forward(
+            torch.randn(5, 16), torch.tensor([3, 2], **meta), torch.randn(3, 16), torch.randn(16, 16),
+            torch.randn(16, 16), None, None, False, False),
+    }
+
+
+@pytest.mark.parametrize("case", list(_meta_mixing_cases()))
+def test_a_meta_tensor_among_cpu_tensors_raises(case):
+    # The Meta key wins such a dispatch and runs the fake kernel, which used to return uninitialised CPU memory.
+    with pytest.raises(RuntimeError, match="meta"):
+        _meta_mixing_cases()[case]()

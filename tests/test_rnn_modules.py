@@ -799,3 +799,22 @@ def test_float64_modules_stay_float64_under_autocast_like_torch_nn(name):
             out = module(x)
         dtypes.append(torch.utils._pytree.tree_leaves(out)[0].dtype)
     assert dtypes == [torch.float64, torch.float64]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_two_bias_gradients_are_two_tensors(mode):
+    # The biases add up, so the backward computes one gradient for both; it must hand back two tensors, as
+    # torch.nn does: scaling one in place (a functional optimizer step) or an in-place hook on one bias must
+    # leave the other alone.
+    theirs, ours = module_pair(mode, num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, I)
+    results = []
+    for module in (theirs, ours):
+        names = [n for n, _ in module.named_parameters()]
+        grads = dict(zip(names, torch.autograd.grad(module(x)[0].pow(2).sum(), list(module.parameters()))))
+        expected = grads["bias_hh_l0"].clone()
+        grads["bias_ih_l0"].mul_(0.1)
+        torch.testing.assert_close(grads["bias_hh_l0"], expected)
+        results.append(grads)
+    for name in results[0]:
+        torch.testing.assert_close(results[1][name], results[0][name])

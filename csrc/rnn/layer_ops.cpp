@@ -44,13 +44,20 @@ LayerArgs check_layer(const char* op, int64_t gates, const Tensor& input, const 
   return a;
 }
 
-// The output or its gradient, [T, B, F] or [N, F] -> [N, F] contiguous. Checked like every other argument: the
-// kernels read F columns of each row, on input's device.
+// The output or its gradient, [T, B, F] (padded) or [N, F] (packed) -> [N, F] contiguous. Checked like every
+// other argument: the kernels read F columns of each row, on input's device; the exact shape, so a tensor laid
+// out for another layout (batch-first, or flattened) is refused rather than read in the wrong order.
 Tensor flat_rows(const char* op, const Tensor& t, const Tensor& input, const TimeLayout& layout, int64_t width,
                  const char* name) {
   check_same_device_dtype(op, input, t, name);
-  TORCH_CHECK(t.dim() >= 1 && t.size(-1) == width && t.numel() == layout.rows * width, op, ": ", name,
-              " has shape ", t.sizes(), ", which does not match the layer's ", layout.rows, " rows of ", width);
+  if (layout.packed) {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == layout.rows && t.size(1) == width, op, ": ", name, " has shape ",
+                t.sizes(), ", expected [", layout.rows, ", ", width, "]");
+  } else {
+    TORCH_CHECK(t.dim() == 3 && t.size(0) == input.size(0) && t.size(1) == input.size(1) && t.size(2) == width, op,
+                ": ", name, " has shape ", t.sizes(), ", expected [", input.size(0), ", ", input.size(1), ", ", width,
+                "]");
+  }
   return t.reshape({layout.rows, width}).contiguous();
 }
 

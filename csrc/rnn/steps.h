@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "rnn/gemm.h"
@@ -54,7 +55,11 @@ inline TimeLayout make_layout(const char* op, const Tensor& input, const std::op
   layout.batch = bs.numel() > 0 ? b[0] : 0;
   for (int64_t t = 0; t < bs.numel(); ++t) {
     TORCH_CHECK(b[t] > 0 && (t == 0 || b[t] <= b[t - 1]), op,
-                ": batch_sizes must be positive and non-increasing, got ", bs);
+                ": batch_sizes must be positive and non-increasing, got batch_sizes[", t, "] = ", b[t],
+                t == 0 ? "" : " after ", t == 0 ? std::string() : std::to_string(b[t - 1]));
+    // Checked before the add, so a malformed batch_sizes cannot overflow the sum.
+    TORCH_CHECK(b[t] <= input.size(0) - offset, op, ": batch_sizes sum to more than the packed input's ",
+                input.size(0), " rows");
     layout.uniform = layout.uniform && b[t] == layout.batch;
     layout.steps.push_back({offset, b[t]});
     offset += b[t];

@@ -73,6 +73,15 @@ def call_op(op, *args):
         return op(*args)
 
 
+def bias_grads(grad_bias, b_ih, b_hh):
+    """(grad of b_ih, grad of b_hh) for ops whose two biases add up, so share one gradient: two tensors, not one
+    twice (torch.nn returns two; a caller scaling one in place, or an in-place gradient hook, must not change
+    the other)."""
+    if b_ih is None or b_hh is None:
+        return (grad_bias if b_ih is not None else None, grad_bias if b_hh is not None else None)
+    return grad_bias, grad_bias.clone()
+
+
 def zeros_if_none(grad, like):
     """Autograd passes None for an output the loss did not use; the fused backward wants a tensor."""
     return torch.zeros_like(like) if grad is None else grad

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqops.ops import attention_cpu
+from seqops.ops import attention_cpu, onnx_export
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd
 from seqops.ops.attention_layout import empty_in_layout, in_layout
+from seqops.ops.attention_op_checks import check_backward_args, check_forward_args
 from seqops.ops.errors import InvalidArgumentError, InvalidDtypeError
 from seqops.reference.attention import attention_with_lse as reference_attention_with_lse
 
@@ -134,6 +135,7 @@ def attention_fwd(
     # q: [B, H, L, E], k: [B, Hkv, S, E], v: [B, Hkv, S, Ev], mask: [B, H, L, S] view, seed: [1] int64
     # -> out: [B, H, L, Ev] (q.dtype, q's layout: attention_layout.py), lse: [B, H, L] fp32, fp64 for fp64
     #    (natural log, -inf if fully masked)
+    check_forward_args("attention_fwd", q, k, v, mask, seed, dropout_p)
     if _runs_kernels(q, v):
         from seqops.kernels.attention_fwd import attention_forward
 
@@ -145,6 +147,7 @@ def attention_fwd(
 
 @attention_fwd.register_fake
 def _attention_fwd_fake(q, k, v, mask, seed, scale, is_causal, dropout_p):
+    check_forward_args("attention_fwd", q, k, v, mask, seed, dropout_p)
     B, H, L, _ = q.shape
     return empty_in_layout(q, (B, H, L, v.shape[-1])), q.new_empty((B, H, L), dtype=_lse_dtype(q.dtype))
 
@@ -157,6 +160,7 @@ def attention_bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # -> dq [B, H, L, E], dk [B, Hkv, S, E], dv [B, Hkv, S, Ev], each in its input's layout,
     #    dmask [B, H, L, S] in the lse dtype ([0] when not needed)
+    check_backward_args("attention_bwd", dout, dlse, q, k, v, mask, seed, out, lse, dropout_p)
     if _runs_kernels(q, v):
         from seqops.kernels.attention_bwd import attention_backward
 
@@ -176,6 +180,7 @@ def attention_bwd(
 
 @attention_bwd.register_fake
 def _attention_bwd_fake(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_causal, dropout_p, need_dmask):
+    check_backward_args("attention_bwd", dout, dlse, q, k, v, mask, seed, out, lse, dropout_p)
     B, H, L, _ = q.shape
     dmask_shape = (B, H, L, k.shape[2]) if need_dmask else (0,)
     return (empty_in_layout(q, q.shape), empty_in_layout(k, k.shape), empty_in_layout(v, v.shape),
@@ -427,6 +432,8 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     """
     query, key, value, attn_mask, scale = _prepared(query, key, value, attn_mask, dropout_p, is_causal, scale,
                                                     enable_gqa)
+    if onnx_export.exporting():
+        return onnx_export.attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     if _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, enable_gqa):
         return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=scale,
                                               enable_gqa=enable_gqa)

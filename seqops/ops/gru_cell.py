@@ -4,13 +4,16 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
+from seqops.ops import onnx_export
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd, workspace_outputs, zeros_if_none
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
+from seqops.ops.fake_devices import on_one_device
 
 _ops = torch.ops.seqops
 
 
 @torch.library.register_fake("seqops::gru_cell_forward")
+@on_one_device("gru_cell_forward")
 def _gru_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh):
     # input: [B, I]; hx: [B, H]; w_hh: [3H, H] -> h1: [B, H]; gates: [B, 3H]; hn: [B, H]
     batch, hidden = input.shape[0], w_hh.shape[1]
@@ -18,6 +21,7 @@ def _gru_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh):
 
 
 @torch.library.register_fake("seqops::gru_cell_backward")
+@on_one_device("gru_cell_backward")
 def _gru_cell_backward_fake(grad_h1, input, hx, w_ih, w_hh, gates, hn):
     return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
             w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape[0]))
@@ -55,5 +59,8 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """
     check_cell_args("gru_cell", input, (hx,))
     (input, hx), unbatched = batch_cell_args(input, (hx,))
-    h1, _, _ = call_op(_ops.gru_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh)
+    if onnx_export.exporting():
+        h1 = onnx_export.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    else:
+        h1, _, _ = call_op(_ops.gru_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh)
     return h1.squeeze(0) if unbatched else h1

@@ -4,13 +4,23 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import call_op, double_backward_through, register_autograd, workspace_outputs, zeros_if_none
+from seqops.ops import onnx_export
+from seqops.ops._autograd import (
+    bias_grads,
+    call_op,
+    double_backward_through,
+    register_autograd,
+    workspace_outputs,
+    zeros_if_none,
+)
 from seqops.ops._cell_args import batch_cell_args, check_cell_args, lstm_states
+from seqops.ops.fake_devices import on_one_device
 
 _ops = torch.ops.seqops
 
 
 @torch.library.register_fake("seqops::lstm_cell_forward")
+@on_one_device("lstm_cell_forward")
 def _lstm_cell_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     # input: [B, I]; hx, cx: [B, H]; w_hh: [4H, H] -> h1, c1: [B, H]; gates: [B, 4H]
     batch, hidden = input.shape[0], w_hh.shape[1]
@@ -18,6 +28,7 @@ def _lstm_cell_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
 
 
 @torch.library.register_fake("seqops::lstm_cell_backward")
+@on_one_device("lstm_cell_backward")
 def _lstm_cell_backward_fake(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, c1, gates):
     return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(cx), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_ih.new_empty(w_ih.shape[0]))
@@ -42,8 +53,7 @@ def _backward(ctx, grad_h1, grad_c1, _grad_gates):
     grads = _ops.lstm_cell_backward(zeros_if_none(grad_h1, c1), zeros_if_none(grad_c1, c1), input, hx, cx,
                                     w_ih, w_hh, c1, gates)
     grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias = grads
-    return (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh,
-            grad_bias if b_ih is not None else None, grad_bias if b_hh is not None else None)
+    return (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, *bias_grads(grad_bias, b_ih, b_hh))
 
 
 register_autograd("lstm_cell_forward", _backward, setup_context=_setup_context)
@@ -60,7 +70,10 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     h, c = lstm_states(hx)
     check_cell_args("lstm_cell", input, (h, c))
     (input, h, c), unbatched = batch_cell_args(input, (h, c))
-    h1, c1, _ = call_op(_ops.lstm_cell_forward, input, h, c, w_ih, w_hh, b_ih, b_hh)
+    if onnx_export.exporting():
+        h1, c1 = onnx_export.lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    else:
+        h1, c1, _ = call_op(_ops.lstm_cell_forward, input, h, c, w_ih, w_hh, b_ih, b_hh)
     if unbatched:
         return h1.squeeze(0), c1.squeeze(0)
     return h1, c1

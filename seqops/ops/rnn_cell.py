@@ -4,19 +4,23 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import call_op, double_backward_through, register_autograd
+from seqops.ops import onnx_export
+from seqops.ops._autograd import bias_grads, call_op, double_backward_through, register_autograd
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
+from seqops.ops.fake_devices import on_one_device
 
 _ops = torch.ops.seqops
 
 
 @torch.library.register_fake("seqops::rnn_cell_forward")
+@on_one_device("rnn_cell_forward")
 def _rnn_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, relu):
     # input: [B, I]; hx: [B, H]; w_hh: [H, H] -> h1: [B, H]
     return input.new_empty(input.shape[0], w_hh.shape[1])
 
 
 @torch.library.register_fake("seqops::rnn_cell_backward")
+@on_one_device("rnn_cell_backward")
 def _rnn_cell_backward_fake(grad_h1, input, hx, w_ih, w_hh, h1, relu):
     return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
             w_ih.new_empty(w_ih.shape[0]))
@@ -37,8 +41,7 @@ def _backward(ctx, grad_h1):
         return (*grads, None)
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = _ops.rnn_cell_backward(
         grad_h1, input, hx, w_ih, w_hh, h1, ctx.relu)
-    return (grad_input, grad_hx, grad_w_ih, grad_w_hh,
-            grad_bias if b_ih is not None else None, grad_bias if b_hh is not None else None, None)
+    return (grad_input, grad_hx, grad_w_ih, grad_w_hh, *bias_grads(grad_bias, b_ih, b_hh), None)
 
 
 register_autograd("rnn_cell_forward", _backward, setup_context=_setup_context)
@@ -47,7 +50,10 @@ register_autograd("rnn_cell_forward", _backward, setup_context=_setup_context)
 def _rnn_cell(name, relu, input, hx, w_ih, w_hh, b_ih, b_hh):
     check_cell_args(name, input, (hx,))
     (input, hx), unbatched = batch_cell_args(input, (hx,))
-    h1 = call_op(_ops.rnn_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh, relu)
+    if onnx_export.exporting():
+        h1 = onnx_export.rnn_cell(relu, input, hx, w_ih, w_hh, b_ih, b_hh)
+    else:
+        h1 = call_op(_ops.rnn_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh, relu)
     return h1.squeeze(0) if unbatched else h1
 
 

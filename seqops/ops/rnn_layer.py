@@ -11,8 +11,10 @@ import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
-from seqops.ops._autograd import call_op, double_backward_through, register_autograd, zeros_if_none
+from seqops.ops import onnx_export
+from seqops.ops._autograd import bias_grads, call_op, double_backward_through, register_autograd, zeros_if_none
 from seqops.ops._autograd import workspace_outputs as _workspace
+from seqops.ops.fake_devices import on_one_device
 
 _ops = torch.ops.seqops
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
@@ -33,6 +35,7 @@ def _grad_input_like(input, input_grad):
 
 
 @torch.library.register_fake("seqops::lstm_layer_forward")
+@on_one_device("lstm_layer_forward")
 def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     rows, hidden = _rows(input, batch_sizes), cx.shape[1]
     return (input.new_empty(_output_shape(input, batch_sizes, hx.shape[1])), torch.empty_like(hx),
@@ -41,6 +44,7 @@ def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
 
 
 @torch.library.register_fake("seqops::lstm_layer_backward")
+@on_one_device("lstm_layer_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, reverse,
                         output, gates, cells, proj_in, input_grad):
     return (_grad_input_like(input, input_grad), torch.empty_like(hx), torch.empty_like(cx), torch.empty_like(w_ih),
@@ -49,6 +53,7 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx,
 
 
 @torch.library.register_fake("seqops::gru_layer_forward")
+@on_one_device("gru_layer_forward")
 def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
     rows, hidden = _rows(input, batch_sizes), hx.shape[1]
     return (input.new_empty(_output_shape(input, batch_sizes, hidden)), torch.empty_like(hx),
@@ -56,6 +61,7 @@ def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
 
 
 @torch.library.register_fake("seqops::gru_layer_backward")
+@on_one_device("gru_layer_backward")
 def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, output, gates, hn,
                        input_grad):
     return (_grad_input_like(input, input_grad), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
@@ -63,19 +69,17 @@ def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh
 
 
 @torch.library.register_fake("seqops::rnn_layer_forward")
+@on_one_device("rnn_layer_forward")
 def _rnn_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, relu):
     return input.new_empty(_output_shape(input, batch_sizes, hx.shape[1])), torch.empty_like(hx)
 
 
 @torch.library.register_fake("seqops::rnn_layer_backward")
+@on_one_device("rnn_layer_backward")
 def _rnn_backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, relu, output,
                        input_grad):
     return (_grad_input_like(input, input_grad), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
             w_ih.new_empty(w_ih.shape[0]))
-
-
-def _bias_grads(grad_b_ih, grad_b_hh, b_ih, b_hh):
-    return (grad_b_ih if b_ih is not None else None, grad_b_hh if b_hh is not None else None)
 
 
 def _through_reference(mode, reverse, inputs, grads):
@@ -105,7 +109,7 @@ def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, *_saved_grads):
         zeros_if_none(grad_out, out), zeros_if_none(grad_h_n, hx), zeros_if_none(grad_c_n, cx), input,
         batch_sizes, hx, cx, w_ih, w_hh, w_hr, ctx.reverse, out, gates, cells, proj_in,
         ctx.needs_input_grad[0])
-    return (grad_input, None, grad_hx, grad_cx, grad_w_ih, grad_w_hh, *_bias_grads(grad_bias, grad_bias, b_ih, b_hh),
+    return (grad_input, None, grad_hx, grad_cx, grad_w_ih, grad_w_hh, *bias_grads(grad_bias, b_ih, b_hh),
             grad_w_hr if w_hr is not None else None, None)
 
 
@@ -130,7 +134,8 @@ def _gru_backward(ctx, grad_out, grad_h_n, *_saved_grads):
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = _ops.gru_layer_backward(
         zeros_if_none(grad_out, out), zeros_if_none(grad_h_n, hx), input, batch_sizes, hx, w_ih, w_hh,
         ctx.reverse, out, gates, hn, ctx.needs_input_grad[0])
-    return (grad_input, None, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(grad_b_ih, grad_b_hh, b_ih, b_hh), None)
+    return (grad_input, None, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih if b_ih is not None else None,
+            grad_b_hh if b_hh is not None else None, None)
 
 
 register_autograd("gru_layer_forward", _gru_backward, setup_context=_gru_setup)
@@ -154,7 +159,7 @@ def _rnn_backward(ctx, grad_out, grad_h_n):
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = _ops.rnn_layer_backward(
         zeros_if_none(grad_out, out), zeros_if_none(grad_h_n, hx), input, batch_sizes, hx, w_ih, w_hh,
         ctx.reverse, ctx.relu, out, ctx.needs_input_grad[0])
-    return (grad_input, None, grad_hx, grad_w_ih, grad_w_hh, *_bias_grads(grad_bias, grad_bias, b_ih, b_hh),
+    return (grad_input, None, grad_hx, grad_w_ih, grad_w_hh, *bias_grads(grad_bias, b_ih, b_hh),
             None, None)
 
 
@@ -217,6 +222,8 @@ def _in_fp32(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, rev
 @with_autocast
 def rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """One layer-direction over the whole sequence; returns (output, h_n, c_n) (c_n None except LSTM)."""
+    if onnx_export.exporting():
+        return onnx_export.rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     if mode == "LSTM" and _onednn_lstm_applies(input, batch_sizes, (input, hx, cx, w_ih, w_hh, b_ih, b_hh), w_hr):
         result = _onednn_lstm(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse)
         if result is not None:
