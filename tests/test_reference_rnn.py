@@ -365,3 +365,20 @@ def test_stack_passes_contiguous_tensors_to_layer():
                        batch_first=True, layer=layer)
     assert seen and all(t.is_contiguous() for t in seen)
     torch.testing.assert_close(out, module(x, (h0, h0))[0])
+
+
+def test_the_reference_refuses_what_torch_refuses():
+    # An oracle that broadcast a state, promoted a dtype or read a malformed batch_sizes would agree with a
+    # caller making that mistake.
+    w_ih, w_hh = torch.randn(12, 3), torch.randn(12, 4)
+    with pytest.raises(RuntimeError, match=r"state of shape \[2, 4\]"):
+        ref.gru_cell(torch.randn(2, 3), torch.randn(1, 4), w_ih, w_hh)  # torch: batch size mismatch
+    with pytest.raises(RuntimeError, match="dtype"):
+        ref.gru_cell(torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 4), w_ih, w_hh)
+    with pytest.raises(RuntimeError, match=r"state of shape \[5, 4\]"):
+        ref.rnn_layer("GRU", torch.randn(3, 5, 3), None, torch.randn(4, 4), None, w_ih, w_hh, None, None,
+                            None, False)
+    x, h = torch.randn(3, 3), torch.randn(2, 4)
+    for sizes in ([1, 2], [2, 0, 1], [2, 2]):
+        with pytest.raises(RuntimeError, match="batch_sizes"):
+            ref.rnn_layer("GRU", x, torch.tensor(sizes), h, None, w_ih, w_hh, None, None, None, False)

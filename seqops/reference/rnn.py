@@ -100,7 +100,38 @@ def _step(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr):
 # Cells with torch.lstm_cell / torch.gru_cell / torch.rnn_*_cell's signatures; 1-D (unbatched) input works.
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Argument checks: an oracle that broadcast a state or promoted a dtype would agree with a wrong caller.
+
+
+def _check_dtypes(op, input, tensors):
+    for t in tensors:
+        if t is not None and t.dtype != input.dtype:
+            raise RuntimeError(f"{op}: expected every tensor in input's dtype {input.dtype}, got {t.dtype}")
+
+
+def _check_states(op, batch, states, sizes):
+    # states [batch, size] (or [size] for unbatched input, batch None)
+    for state, size in zip(states, sizes):
+        want = (size,) if batch is None else (batch, size)
+        if tuple(state.shape) != want:
+            raise RuntimeError(f"{op}: expected a state of shape {list(want)}, got {list(state.shape)}")
+
+
+def _check_batch_sizes(op, batch_sizes, rows):
+    sizes = [int(b) for b in batch_sizes]
+    if batch_sizes.dim() != 1 or any(b <= 0 for b in sizes) or any(a < b for a, b in zip(sizes, sizes[1:])):
+        raise RuntimeError(f"{op}: batch_sizes must be 1-D, positive and non-increasing, got {sizes}")
+    if sum(sizes) != rows:
+        raise RuntimeError(f"{op}: batch_sizes sum to {sum(sizes)} but the packed input has {rows} rows")
+    return sizes
+
+
 def _run_cell(mode, input, states, weights, upcast):
+    op = {"LSTM": "lstm_cell", "GRU": "gru_cell", "RNN_TANH": "rnn_tanh_cell", "RNN_RELU": "rnn_relu_cell"}[mode]
+    _check_dtypes(op, input, (*states, *weights))
+    hidden = weights[1].shape[1]
+    _check_states(op, None if input.dim() == 1 else input.shape[0], states, (hidden,) * len(states))
     dtype = input.dtype
     compute = _compute_dtype(dtype, upcast)
     unbatched = input.dim() == 1
@@ -147,6 +178,11 @@ def rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, re
     input [T, B, I] with batch_sizes None, or packed [N, I] with batch_sizes [T] (non-increasing).
     hx [B, P], cx [B, H] (LSTM) or None. Returns (output [T, B, P] or [N, P], h_n [B, P], c_n [B, H] or None).
     """
+    _check_dtypes("rnn_layer", input, (hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
+    sizes = None if batch_sizes is None else _check_batch_sizes("rnn_layer", batch_sizes, input.shape[0])
+    batch = input.shape[1] if sizes is None else (sizes[0] if sizes else 0)
+    hidden = w_hh.shape[1] if w_hr is None else w_hr.shape[1]
+    _check_states("rnn_layer", batch, (hx, cx) if cx is not None else (hx,), (w_hh.shape[1], hidden))
     dtype = input.dtype
     compute = _compute_dtype(dtype, upcast)
     x, h, c, weights = _cast((input, hx, cx, (w_ih, w_hh, b_ih, b_hh, w_hr)), compute)
@@ -154,7 +190,6 @@ def rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, re
     if batch_sizes is None:
         steps = [x[t] for t in range(x.shape[0])]
     else:
-        sizes = [int(b) for b in batch_sizes]
         steps = list(x.split(sizes))  # step t holds the first sizes[t] sequences (longest first)
 
     order = range(len(steps) - 1, -1, -1) if reverse else range(len(steps))
