@@ -154,7 +154,8 @@ def cpu_cases():
         cases += rnn_cases(("lstm",), B, 64, 256, ("fwd",), ("fp32",), sweep="batch")
     for H in (64, 128, 256, 512):
         cases += rnn_cases(("lstm",), 16, 64, H, ("fwd",), ("fp32",), sweep="hidden")
-    for L in (128, 256, 512, 1024):
+    # From L = 32, where a fixed per-call cost (Python around the kernel) shows most.
+    for L in (32, 64, 128, 256, 512, 1024):
         cases += attn_cases(2, 4, L, 64, ("fwd", "bwd"), ("fp32",), sweep="seqlen")
     return cases
 
