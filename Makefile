@@ -33,9 +33,21 @@ build: deps
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	$(PY) -c "import seqops; print(seqops.build_summary())"
 
+# Without a GPU the suite runs the Triton kernels on CPU tensors in the interpreter; a GPU machine runs those
+# CPU-tensor tests on seqops' CPU route instead (no interpreter there). So where no GPU is visible the attention
+# tests run a second time without the interpreter: the CPU half of a GPU machine's run, checked here.
+CPU_ROUTE_TESTS := tests/test_attention.py tests/test_attention_cpu.py tests/test_attention_dropout.py \
+	tests/test_attention_launch.py tests/test_attention_layout.py tests/test_attention_op_checks.py \
+	tests/test_attention_registration.py tests/test_flops.py tests/test_multihead_attention.py \
+	tests/test_examples.py tests/test_onnx_export.py
+
 test: build
 	rc=0; $(PY) -m pytest tests benchmarks/tests --benchmark-disable $(PYTEST_ARGS) || rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
+	if [ $$rc -eq 0 ] && $(PY) -c "import sys, torch; sys.exit(torch.cuda.is_available())"; then \
+		echo "== the attention tests again on the CPU route (TRITON_INTERPRET=0), as a GPU machine runs them"; \
+		TRITON_INTERPRET=0 $(PY) -m pytest $(CPU_ROUTE_TESTS) -q -m "not gpu" $(PYTEST_ARGS) || rc=$$?; \
+	fi; exit $$rc
 
 bench: build
 	$(PY) -m benchmarks $(BENCH_ARGS)

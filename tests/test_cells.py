@@ -275,6 +275,12 @@ def test_torch_compile_fullgraph(kind):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_error_rule(device, kind, dtype):
     module, x, states, weights = make_case(kind, 8, 32, 64, dtype=torch.float32, device=device)
+    if kind == "rnn_relu":
+        # A pre-activation that rounds across 0 flips relu's derivative and a whole gradient row with it: keep
+        # pre-activations (std ~0.7 here) off the kink, as test_rnn_layer_ops does. Over 40 draws in bf16 a shift
+        # of 1 still failed 2, a shift of 3 none.
+        with torch.no_grad():
+            module.bias_ih.add_(3.0)
     fused, ref_fn = CELLS[kind][0], CELLS[kind][1]
     ref_outs, ref_grads, out_grads = outputs_and_grads(kind, ref_fn, x, states, weights)
     low = lambda ts: [t.to(dtype) if t is not None else None for t in ts]  # noqa: E731

@@ -19,6 +19,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from seqops.ops import attention_cpu, onnx_export
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd
@@ -375,8 +376,11 @@ def _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, enable_gqa):
     its math backend for broadcast batches, a strided head dim, a value head dim unlike the query's, a float
     mask that takes a gradient). Then seqops.attention is SDPA, without ~25 us of seqops' own Python per call
     and per backward (at L = 32 that overhead doubled the call). Not float64 (the exact reference for gradcheck)
-    nor dropout (seqops draws its own reproducible mask)."""
+    nor dropout (seqops draws its own reproducible mask), nor under a TorchDispatchMode (FlopCounterMode counts
+    seqops' op, SDPA's CPU flash kernel has no flop formula)."""
     if _INTERPRET or query.device.type != "cpu" or dropout_p != 0.0:
+        return False
+    if not torch.compiler.is_compiling() and is_in_torch_dispatch_mode():
         return False
     if query.dtype not in attention_cpu.CPU_FLASH_DTYPES:
         return False
@@ -391,8 +395,17 @@ def _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, enable_gqa):
         return False
     if any(t.stride(-1) != 1 for t in (query, key, value)):
         return False
-    return attn_mask is None or attn_mask.dtype == torch.bool or (
-        attn_mask.dtype == query.dtype and not attn_mask.requires_grad)
+    if attn_mask is None:
+        return True
+    return (attn_mask.dtype == torch.bool or (attn_mask.dtype == query.dtype and not attn_mask.requires_grad)) and (
+        _mask_broadcasts(attn_mask, (*query.shape[:-1], key.shape[-2])))
+
+
+def _mask_broadcasts(mask, shape):
+    # Whether mask broadcasts to shape; a mask that does not is left to _canonicalise's error (SDPA's says less)
+    if mask.dim() > len(shape):
+        return False
+    return all(m in (1, n) for m, n in zip(reversed(mask.shape), reversed(shape)))
 
 
 def _attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
