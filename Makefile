@@ -47,6 +47,7 @@ test: build
 	if [ $$rc -eq 0 ] && $(PY) -c "import sys, torch; sys.exit(torch.cuda.is_available())"; then \
 		echo "== the attention tests again on the CPU route (TRITON_INTERPRET=0), as a GPU machine runs them"; \
 		TRITON_INTERPRET=0 $(PY) -m pytest $(CPU_ROUTE_TESTS) -q -m "not gpu" $(PYTEST_ARGS) || rc=$$?; \
+		if [ $$rc -eq 5 ]; then rc=0; fi; \
 	fi; exit $$rc
 
 bench: build

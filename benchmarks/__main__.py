@@ -56,7 +56,10 @@ def parse_args(argv=None):
     ap.add_argument("--replot", action="store_true",
                     help="redraw plots and headline.json from the results folder; run nothing")
     ap.add_argument("--time-limit", type=float, metavar="S",
-                    help="start no new case after S seconds (results are saved case by case anyway)")
+                    help="start no case that the longest so far says would end after S seconds (results "
+                    "are saved case by case anyway)")
+    ap.add_argument("--skip-existing", action="store_true",
+                    help="skip (case, provider) pairs the results folder already holds, ok, from this commit")
     ap.add_argument("--threads", type=int, help="CPU: torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--budget", type=float, help="CPU: seconds of timed rounds a case (default 1, quick 0.1)")
     ap.add_argument("--rep-ms", type=float, help="CUDA: ms of timed calls a provider (default 100, quick 50)")
@@ -132,8 +135,22 @@ def main(argv=None):
         return 0
     if args.replot:
         return replot(args.out or RESULTS / env_mod.device_slug(device), console)
+    if device.type == "cuda":
+        # fp32 rows like for like: cuDNN (RNNs) defaults to TF32, cuBLAS matmuls (seqops' GEMMs) do not
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     env = env_mod.environment(device)
     out_dir = args.out or RESULTS / env["device_slug"]
+    done = frozenset()
+    if args.skip_existing:
+        done = frozenset((r["name"], r["provider"]) for r in report.load_rows(out_dir)
+                         if r.get("commit") == env["commit"] and r.get("status") == "ok")
+        selected = [c for c in selected if any((c.name, p.name) not in done
+                                                for p in providers_for(c.suite, device.type, args.providers,
+                                                                       args.quick))]
+        if not selected:
+            console.print(f"every selected case is in {out_dir} already (--skip-existing)")
+            return 0
     console.print(f"[bold]seqops benchmarks[/bold] on {env['device']}: torch {env['torch']}, triton "
                   f"{env['triton']}, CUDA {env['cuda']}, commit {env['commit']}\n{env['seqops']}\n"
                   f"{len(selected)} cases -> {out_dir}")
@@ -143,25 +160,37 @@ def main(argv=None):
                       "CPU timings will be noisy[/yellow]")
     rep_ms = args.rep_ms or (50 if args.quick else 100)
     rows, start = [], time.perf_counter()
+    stopped = None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("", total=len(selected))
         stream = runner.run_cases(selected, device, env, args.providers, args.quick, cpu_budget(args),
-                                  warmup_ms=25, rep_ms=rep_ms)
+                                  warmup_ms=25, rep_ms=rep_ms, done=done)
         progress.update(task, description=selected[0].name)
-        for i, (case, case_rows) in enumerate(stream):
-            rows.extend(case_rows)
-            over_time = args.time_limit is not None and time.perf_counter() - start > args.time_limit
-            progress.console.print(f"[bold]{case.name}[/bold]")
-            for line in report.case_lines(case_rows):
-                progress.console.print(line)
-            # written after every case, so an interrupted run keeps what it measured
-            report.write_results(rows, out_dir, env, merge_existing=not args.fresh)
-            nxt = selected[i + 1].name if i + 1 < len(selected) else "plots"
-            progress.update(task, advance=1, description=nxt)
-            if over_time and i + 1 < len(selected):
-                console.print(f"[yellow]--time-limit reached: {len(selected) - i - 1} cases not run[/yellow]")
-                break
+        longest, case_start = 0.0, time.perf_counter()
+        try:
+            for i, (case, case_rows) in enumerate(stream):
+                rows.extend(case_rows)
+                now = time.perf_counter()
+                longest, case_start = max(longest, now - case_start), now
+                # the next case would likely end past the limit: a cap that kills mid-case loses that case
+                over_time = args.time_limit is not None and now - start + longest > args.time_limit
+                progress.console.print(f"[bold]{case.name}[/bold]")
+                for line in report.case_lines(case_rows):
+                    progress.console.print(line)
+                # written after every case, so an interrupted run keeps what it measured
+                report.write_results(rows, out_dir, env, merge_existing=not args.fresh)
+                nxt = selected[i + 1].name if i + 1 < len(selected) else "plots"
+                progress.update(task, advance=1, description=nxt)
+                if over_time and i + 1 < len(selected):
+                    console.print(f"[yellow]--time-limit: {len(selected) - i - 1} cases not run[/yellow]")
+                    break
+        except (runner.StopRun, KeyboardInterrupt) as err:
+            stopped = str(err) or "interrupted"
+    if stopped is not None:  # what was measured is saved; plots are left to --replot
+        report.write_results(rows, out_dir, env, merge_existing=not args.fresh)
+        console.print(f"[red]stopped: {stopped}; {len(rows)} rows saved in {out_dir}[/red]")
+        return 130 if stopped == "interrupted" else 1
     all_rows = report.write_results(rows, out_dir, env, merge_existing=not args.fresh)
     for table in report.summary_tables(rows):
         console.print(table)

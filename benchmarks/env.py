@@ -114,6 +114,14 @@ def load_average():
         return None
 
 
+def tf32_allowed(device):
+    """On CUDA, whether fp32 GEMMs or cuDNN may round to TF32 (the runner turns both off: fp32 rows like for
+    like); None elsewhere."""
+    if torch.device(device).type != "cuda":
+        return None
+    return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+
+
 def environment(device):
     """The fields stamped on every result row."""
     device = torch.device(device)
@@ -123,6 +131,7 @@ def environment(device):
         "torch": torch.__version__,
         "triton": triton_version(),
         "cuda": torch.version.cuda,
+        "tf32": tf32_allowed(device),
         "seqops": seqops_build(),
         "commit": git_commit(),
         "date": utc_now(),

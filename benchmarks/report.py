@@ -2,8 +2,10 @@
 commit and date) and headline.json (seqops against the fastest other provider on the headline shapes)."""
 
 import csv
+import io
 import json
 import math
+import os
 from pathlib import Path
 
 from rich.table import Table
@@ -14,7 +16,7 @@ ROW_FIELDS = (
     "name", "suite", "op", "mode", "dtype", "provider", "status", "note",
     "median_ms", "p20_ms", "p80_ms", "samples", "us_per_step", "tflops", "peak_mem_mb", "rotation", "flops",
     "B", "T", "I", "H", "heads", "L", "S", "D", "causal", "sweep",
-    "device", "device_slug", "torch", "triton", "cuda", "seqops", "commit", "date", "load_avg",
+    "device", "device_slug", "torch", "triton", "cuda", "tf32", "seqops", "commit", "date", "load_avg",
 )  # fmt: skip
 HEADLINE_FIELDS = ("name", "seqops_ms", "peer", "peer_ms", "ratio", "tflops")
 
@@ -79,13 +81,21 @@ def write_results(rows, out_dir, env, merge_existing=True):
     if merge_existing:
         rows = merge(load_rows(out_dir), rows)
     rows = [{k: _json_safe(row.get(k)) for k in ROW_FIELDS} for row in rows]
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out_dir / "results.json").write_text(json.dumps({"columns": list(ROW_FIELDS), "rows": rows}, indent=1))
-    (out_dir / "headline.json").write_text(json.dumps(headline(rows, env), indent=2))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=ROW_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    _replace(out_dir / "results.csv", text.getvalue())
+    _replace(out_dir / "results.json", json.dumps({"columns": list(ROW_FIELDS), "rows": rows}, indent=1))
+    _replace(out_dir / "headline.json", json.dumps(headline(rows, env), indent=2))
     return rows
+
+
+def _replace(path, text):
+    # write-then-rename: a run killed mid-write (a session's time cap) leaves the previous file, not half of one
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- terminal

@@ -123,40 +123,65 @@ def run_case_cpu(case, providers, device, env, budget):
     return [rows[p.name] for p in providers]
 
 
+class StopRun(Exception):
+    """Raised by run_cases after yielding a case's rows, when the run cannot go on: interrupted (the time cap of
+    a GPU session sends SIGINT), or the CUDA context is lost (an illegal access poisons every later call)."""
+
+
+def _cuda_cleanup():
+    # -> None, or the error that shows the CUDA context is gone (a sticky error surfaces at the next sync)
+    gc.collect()
+    try:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    except RuntimeError as err:
+        return err
+    return None
+
+
 def run_case_cuda(case, providers, device, env, warmup_ms, rep_ms):
-    rows = []
+    """-> (rows, reason to stop the run or None). A provider interrupted or losing the CUDA context still gets
+    its row, and so does every provider after it; the rows measured before it are kept."""
+    rows, stop = [], None
     for p in providers:
+        if stop is not None:
+            rows.append(make_row(case, p.name, env, error=RuntimeError(f"not run: {stop}")))
+            continue
         fn = None
         try:
-            torch.cuda.empty_cache()
-
-            def prepare(p=p):
-                f = p.setup(case, device)
-                f()  # first call inside the peak window: workspaces and saved activations count
-                return f
-
-            fn, peak = timing.cuda_peak_mb(prepare)
+            fn, peak = timing.cuda_peak_mb(lambda p=p: p.setup(case, device))
             stats = timing.time_cuda(fn, warmup_ms=warmup_ms, rep_ms=rep_ms)
             rows.append(make_row(case, p.name, env, stats=stats, peak_mb=peak))
+        except KeyboardInterrupt:
+            stop = "interrupted"
+            rows.append(make_row(case, p.name, env, error=RuntimeError("interrupted (the run's time cap)")))
         except Exception as err:
             rows.append(make_row(case, p.name, env, error=err))
         finally:
             del fn
-            gc.collect()
-            torch.cuda.empty_cache()
-    return rows
+            lost = _cuda_cleanup()
+            if lost is not None and stop is None:
+                stop = f"CUDA context lost after {p.name}: {describe_error(lost)}"
+    return rows, stop
 
 
 def run_cases(cases, device, env, provider_names=None, quick=False, cpu_budget=None, warmup_ms=25,
-              rep_ms=100):
-    """Yields (case, rows) case by case; rows hold one row per provider of the case's suite."""
+              rep_ms=100, done=frozenset()):
+    """Yields (case, rows) case by case; rows hold one row per provider of the case's suite, less the
+    (case name, provider) pairs in done. Raises StopRun after the rows of a case that ended the run."""
     device = torch.device(device)
     budget = cpu_budget or timing.CpuBudget()
+    if device.type == "cuda":
+        timing.warm_cuda_libraries(device)
     for case in cases:
-        providers = providers_for(case.suite, device.type, provider_names, quick)
+        providers = [p for p in providers_for(case.suite, device.type, provider_names, quick)
+                     if (case.name, p.name) not in done]
         if not providers:
             continue
         if device.type == "cuda":
-            yield case, run_case_cuda(case, providers, device, env, warmup_ms, rep_ms)
+            rows, stop = run_case_cuda(case, providers, device, env, warmup_ms, rep_ms)
+            yield case, rows
+            if stop is not None:
+                raise StopRun(stop)
         else:
             yield case, run_case_cpu(case, providers, device, env, budget)

@@ -93,6 +93,40 @@ def test_attention_is_sdpa_where_sdpa_runs_its_cpu_flash_kernel(op_route_calls, 
     assert not op_route_calls and flash_calls == {"fwd": 0, "bwd": 0}
 
 
+@pytest.mark.parametrize("shape", [(), (11,), (3, 9, 11), (1, 9, 11)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool], ids=str)
+def test_masks_of_fewer_dims_than_the_scores_take_sdpa_s_flash_kernel(op_route_calls, shape, dtype):
+    # SDPA refuses a mask of fewer than 2 dims (IndexError) and takes its math backend for a 3-D mask on 4-D
+    # scores; seqops hands SDPA the same mask with size-1 leading dims (a view), as broadcasting means it.
+    from torch.profiler import profile
+
+    (q, k, v), _ = _tensors(lambda: ((2, 3, 9, 16), (2, 3, 11, 16), (2, 3, 11, 16), {}))
+    mask = torch.randn(shape) if dtype == torch.float32 else torch.rand(shape) > 0.2
+    if dtype == torch.bool:  # every row keeps a key (a 0-D mask keeps all of them)
+        mask = mask.clone().fill_(True) if mask.dim() == 0 else mask.index_fill(-1, torch.tensor([0]), True)
+    with profile() as prof:
+        ours = seqops.attention(q, k, v, attn_mask=mask)
+    assert not op_route_calls
+    assert any("flash_attention_for_cpu" in e.key for e in prof.key_averages())
+    expanded = mask.expand(2, 3, 9, 11)
+    torch.testing.assert_close(ours, through_the_ops(q, k, v, attn_mask=expanded))
+    grad = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), grad),
+                    torch.autograd.grad(through_the_ops(q, k, v, attn_mask=expanded), (q, k, v), grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_flags_that_are_not_python_bools_work_as_on_the_other_routes():
+    import numpy as np
+
+    (q, k, v), _ = _tensors(lambda: ((2, 4, 9, 16), (2, 2, 11, 16), (2, 2, 11, 16), {}))
+    want = through_the_ops(q, k, v, is_causal=True, enable_gqa=True)
+    for is_causal, enable_gqa in ((1, 1), (np.bool_(True), np.bool_(True))):
+        torch.testing.assert_close(seqops.attention(q, k, v, is_causal=is_causal, enable_gqa=enable_gqa), want)
+    (q, k, v), _ = _tensors(lambda: ((2, 4, 9, 16), (2, 4, 11, 16), (2, 4, 11, 16), {}))
+    torch.testing.assert_close(seqops.attention(q, k, v, enable_gqa=None), through_the_ops(q, k, v))
+
+
 # what SDPA would run on its math backend, or what seqops computes its own way: seqops' ops take these
 OP_ROUTE_CASES = {
     "broadcast_batch": lambda: ((2, 4, 13, 16), (1, 4, 11, 16), (1, 4, 11, 16), {}),

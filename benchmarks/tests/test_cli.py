@@ -70,3 +70,17 @@ def test_dtypes_convert_when_no_default_case_has_them():
     assert [c.name for c in cases] == [c.name.replace("fp32", "bf16") for c in cpu_cells]
     kept = cli.pick_cases(cli.parse_args(["--suites", "rnn", "--dtypes", "bf16"]), "cuda")
     assert kept and {c.dtype for c in kept} == {"bf16"} and {c.mode for c in kept} == {"fwdbwd"}
+
+
+def test_skip_existing_runs_only_what_this_commit_has_not_measured(tmp_path, capsys):
+    base = ["--device", "cpu", "--quick", "--budget", "0.001", "--out", str(tmp_path), "--no-plots",
+            "--suites", "cell", "--providers", "torch.nn"]
+    assert cli.main([*base, "--filter", "fwd."]) == 0
+    first = {(r["name"], r["provider"]): r["date"] for r in report.load_rows(tmp_path)}
+    assert cli.main([*base, "--skip-existing"]) == 0  # fwd rows kept, only the fwdbwd ones run
+    second = {(r["name"], r["provider"]): r["date"] for r in report.load_rows(tmp_path)}
+    assert {k: second[k] for k in first} == first and len(second) > len(first)
+    capsys.readouterr()
+    assert cli.main([*base, "--skip-existing"]) == 0
+    assert "already" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.tmp"))  # results are written by rename

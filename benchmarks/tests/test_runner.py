@@ -121,8 +121,10 @@ def test_cuda_runner_rows_without_a_gpu(monkeypatch):
     """The CUDA path's bookkeeping (peak memory window, failures, OOM) with the CUDA timers stubbed out."""
     calls = []
 
-    def fake_peak(run):
-        return run(), 12.5
+    def fake_peak(setup):  # as the real one: setup, then the call whose peak it takes
+        fn = setup()
+        fn()
+        return fn, 12.5
 
     def fake_time(fn, warmup_ms, rep_ms):
         calls.append((warmup_ms, rep_ms))
@@ -131,12 +133,14 @@ def test_cuda_runner_rows_without_a_gpu(monkeypatch):
 
     monkeypatch.setattr(timing, "cuda_peak_mb", fake_peak)
     monkeypatch.setattr(timing, "time_cuda", fake_time)
+    monkeypatch.setattr(runner, "_cuda_cleanup", lambda: None)
     providers = [
         Provider("good", "cell", lambda case, device: lambda: None),
         Provider("oom", "cell", fails_when_run),
         Provider("missing", "cell", raising(Unavailable("not built"))),
     ]
-    rows = runner.run_case_cuda(CASE, providers, torch.device("cpu"), ENV, warmup_ms=7, rep_ms=11)
+    rows, stop = runner.run_case_cuda(CASE, providers, torch.device("cpu"), ENV, warmup_ms=7, rep_ms=11)
+    assert stop is None
     assert [r["status"] for r in rows] == ["ok", "failed", "unavailable"]
     good = rows[0]
     assert (good["median_ms"], good["p20_ms"], good["p80_ms"], good["peak_mem_mb"]) == (3, 2, 4, 12.5)
@@ -154,3 +158,65 @@ def test_allow_recompiles_raises_limits_and_fails_loudly(monkeypatch):
     allow_recompiles(per_function=300)
     assert config.recompile_limit >= 300 and config.accumulated_recompile_limit >= 2400
     assert config.fail_on_recompile_limit_hit is True
+
+
+def _stub_cuda_timers(monkeypatch, lost_after=None):
+    def peak(setup):
+        fn = setup()
+        fn()
+        return fn, 1.0
+
+    monkeypatch.setattr(timing, "cuda_peak_mb", peak)
+    monkeypatch.setattr(timing, "time_cuda", lambda fn, warmup_ms, rep_ms: timing.Stats(1.0, 1.0, 1.0, None))
+    monkeypatch.setattr(timing, "warm_cuda_libraries", lambda device: None)
+    calls = []
+
+    def cleanup():
+        calls.append(1)
+        return RuntimeError("CUDA error: an illegal memory access was encountered") if len(calls) == lost_after \
+            else None
+
+    monkeypatch.setattr(runner, "_cuda_cleanup", cleanup)
+
+
+def _interrupted(case, device):
+    def fn():
+        raise KeyboardInterrupt
+
+    return fn
+
+
+def test_an_interrupt_keeps_the_case_s_rows_and_stops_the_run(monkeypatch):
+    # A GPU session's time cap sends SIGINT: the providers measured so far keep their rows, the interrupted one
+    # and the rest say so, and the run stops after that case's rows are out.
+    _stub_cuda_timers(monkeypatch)
+    providers = [Provider("first", "cell", lambda case, device: lambda: None),
+                 Provider("compiling", "cell", _interrupted), Provider("last", "cell", lambda c, d: lambda: None)]
+    rows, stop = runner.run_case_cuda(CASE, providers, torch.device("cpu"), ENV, warmup_ms=1, rep_ms=1)
+    assert stop == "interrupted"
+    assert [(r["provider"], r["status"]) for r in rows] == [("first", "ok"), ("compiling", "failed"),
+                                                             ("last", "failed")]
+    assert "interrupted" in rows[1]["note"] and "not run: interrupted" in rows[2]["note"]
+
+
+def test_a_lost_cuda_context_stops_the_run_after_saving_the_case(monkeypatch):
+    _stub_cuda_timers(monkeypatch, lost_after=1)
+    providers = [Provider("crashing", "cell", lambda case, device: lambda: None),
+                 Provider("after", "cell", lambda case, device: lambda: None)]
+    monkeypatch.setattr(runner, "providers_for", lambda *args: providers)
+    stream = runner.run_cases([CASE, CASE], "cuda", ENV)  # a torch.device("cuda") needs no GPU; nothing runs on it
+    case, rows = next(stream)
+    assert [(r["provider"], r["status"]) for r in rows] == [("crashing", "ok"), ("after", "failed")]
+    assert "CUDA context lost after crashing" in rows[1]["note"]
+    with pytest.raises(runner.StopRun, match="CUDA context lost"):
+        next(stream)
+
+
+def test_done_pairs_are_skipped(monkeypatch):
+    providers = [Provider("a", "cell", lambda case, device: lambda: None),
+                 Provider("b", "cell", lambda case, device: lambda: None)]
+    monkeypatch.setattr(runner, "providers_for", lambda *args: providers)
+    out = list(runner.run_cases([CASE], "cpu", ENV, cpu_budget=FAST, done={(CASE.name, "a")}))
+    assert [[r["provider"] for r in rows] for _, rows in out] == [["b"]]
+    assert list(runner.run_cases([CASE], "cpu", ENV, cpu_budget=FAST,
+                                 done={(CASE.name, "a"), (CASE.name, "b")})) == []

@@ -264,7 +264,7 @@ def _check_inputs(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa
             raise InvalidArgumentError(f"attention: attn_mask is on {attn_mask.device}, query on {query.device}")
     if enable_gqa and min(query.dim(), key.dim(), value.dim()) >= 3:
         hq, hk, hv = query.shape[-3], key.shape[-3], value.shape[-3]
-        if hq % hk != 0 or hq % hv != 0:
+        if hk == 0 or hv == 0 or hq % hk != 0 or hq % hv != 0:
             raise InvalidArgumentError(f"attention: with enable_gqa, the key and value heads ({hk}, {hv}) must "
                                        f"each divide the query heads ({hq})")
 
@@ -448,6 +448,10 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     if onnx_export.exporting():
         return onnx_export.attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     if _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, enable_gqa):
-        return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=scale,
-                                              enable_gqa=enable_gqa)
+        if attn_mask is not None and attn_mask.dim() < query.dim():
+            # SDPA wants a mask of at least 2 dims, and takes its math backend for one of fewer dims than the
+            # query's (a [H, L, S] mask on [B, H, L, S] scores): size-1 leading dims, a view
+            attn_mask = attn_mask.reshape((1,) * (query.dim() - attn_mask.dim()) + tuple(attn_mask.shape))
+        return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, bool(is_causal), scale=scale,
+                                              enable_gqa=bool(enable_gqa))
     return _attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)[0]
