@@ -45,6 +45,10 @@ def headline_row(name, rows):
 
 
 def headline(rows, env, names=HEADLINE):
+    """The headline rows from the rows of env's commit where there are any (a folder merged over several runs
+    must not set one commit's seqops against another's peers, under the one commit it names)."""
+    same_commit = [r for r in rows if r.get("commit") == env["commit"]]
+    rows = same_commit or rows
     return {
         "device": env["device"],
         "commit": env["commit"],

@@ -81,6 +81,8 @@ def make_row(case, provider, env, stats=None, error=None, peak_mb=None, rot=1):
     }
     if stats is not None:
         row.update(median_ms=stats.median_ms, p20_ms=stats.p20_ms, p80_ms=stats.p80_ms, samples=stats.n)
+        if stats.back_to_back:
+            row["note"] = "launch-bound: per-call wall time of back-to-back calls (the flushed timing was lower)"
         if stats.median_ms > 0:
             row["tflops"] = case.flops / (stats.median_ms * 1e-3) / 1e12
         if case.suite != "attn":

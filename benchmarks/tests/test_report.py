@@ -92,3 +92,10 @@ def test_headline_table_only_when_something_ran():
     assert report.headline_table(report.headline([], ENV)) is None
     table = report.headline_table(report.headline([row(NAME, "seqops", 2.0), row(NAME, "flex", 3.0)], ENV))
     assert table.row_count == len(HEADLINE)
+
+
+def test_headline_takes_the_rows_of_its_own_commit():
+    # a folder merged over runs: an older commit's faster peer must not be set against this commit's seqops
+    old_peer = {**row(NAME, "sdpa-flash", 1.0), "commit": "old999"}
+    h = report.headline([row(NAME, "seqops", 2.0), row(NAME, "sdpa-flash", 3.0), old_peer], ENV)
+    assert h["commit"] == "abc123" and h["rows"][HEADLINE.index(NAME)]["peer_ms"] == 3.0

@@ -139,3 +139,20 @@ def test_cuda_peak_memory_leaves_out_the_first_call_s_one_time_costs():
 
     _, peak = timing.cuda_peak_mb(setup)
     assert 16 <= peak < 64
+
+
+@pytest.mark.gpu
+def test_time_cuda_counts_host_time_of_launch_bound_calls():
+    # 0.3 ms of host work before a tiny kernel: the flushed timing would see only the kernel
+    a = torch.ones(16, device="cuda")
+
+    def host_bound():
+        deadline = time.perf_counter() + 3e-4
+        while time.perf_counter() < deadline:
+            pass
+        return a + 1
+
+    stats = timing.time_cuda(host_bound, warmup_ms=5, rep_ms=20)
+    assert stats.back_to_back and stats.median_ms >= 0.3
+    b = torch.randn(4096, 4096, device="cuda")
+    assert not timing.time_cuda(lambda: b @ b, warmup_ms=5, rep_ms=20).back_to_back
