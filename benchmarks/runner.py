@@ -90,6 +90,31 @@ def make_row(case, provider, env, stats=None, error=None, peak_mb=None, rot=1):
     return row
 
 
+def _floats(out):
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _floats(item)]
+    return []
+
+
+def finite_checked(fn):
+    """fn, whose first call raises if it returns a non-finite tensor (the inputs are random normal draws, so
+    every output is finite): a broken kernel gets a failed row instead of a fast one, and cannot become a
+    headline peer. Later calls are not checked (the check syncs)."""
+    checked = []
+
+    def call():
+        out = fn()
+        if not checked:
+            checked.append(True)
+            if any(not bool(torch.isfinite(t).all()) for t in _floats(out)):
+                raise RuntimeError("non-finite output on random inputs")
+        return out
+
+    return call
+
+
 def _cycle(fns):
     if len(fns) == 1:
         return fns[0]
@@ -104,7 +129,7 @@ def _cycle(fns):
 
 
 def _setup(provider, case, device, copies):
-    return _cycle([provider.setup(case, device) for _ in range(copies)])
+    return _cycle([finite_checked(provider.setup(case, device)) for _ in range(copies)])
 
 
 def run_case_cpu(case, providers, device, env, budget):
@@ -151,7 +176,7 @@ def run_case_cuda(case, providers, device, env, warmup_ms, rep_ms):
             continue
         fn = None
         try:
-            fn, peak = timing.cuda_peak_mb(lambda p=p: p.setup(case, device))
+            fn, peak = timing.cuda_peak_mb(lambda p=p: finite_checked(p.setup(case, device)))
             stats = timing.time_cuda(fn, warmup_ms=warmup_ms, rep_ms=rep_ms)
             rows.append(make_row(case, p.name, env, stats=stats, peak_mb=peak))
         except KeyboardInterrupt:

@@ -220,3 +220,11 @@ def test_done_pairs_are_skipped(monkeypatch):
     assert [[r["provider"] for r in rows] for _, rows in out] == [["b"]]
     assert list(runner.run_cases([CASE], "cpu", ENV, cpu_budget=FAST,
                                  done={(CASE.name, "a"), (CASE.name, "b")})) == []
+
+
+def test_a_provider_returning_non_finite_values_gets_a_failed_row():
+    providers = [Provider("good", "cell", lambda case, device: lambda: torch.ones(3)),
+                 Provider("nan", "cell", lambda case, device: lambda: (torch.ones(2), torch.tensor([float("nan")])))]
+    rows = runner.run_case_cpu(CASE, providers, torch.device("cpu"), ENV, FAST)
+    assert [(r["provider"], r["status"]) for r in rows] == [("good", "ok"), ("nan", "failed")]
+    assert "non-finite" in rows[1]["note"]
