@@ -10,7 +10,6 @@ from torch import nn
 import seqops
 
 from conftest import raise_alike  # isort: skip
-from error_rule import assert_error_rule  # isort: skip
 
 B, I, H = 3, 5, 7
 KINDS = ("LSTMCell", "GRUCell", "RNNCell_tanh", "RNNCell_relu")
@@ -236,11 +235,12 @@ def test_low_precision_matches_torch_nn(device, kind, dtype):
     if dtype == torch.float32:  # CUDA only; float64 reference, as cuBLAS may use TF32 for torch.nn's fp32
         assert_same(actual, {k: v.float() for k, v in expected.items()})
         return
-    # FlashAttention rule (tests/error_rule.py): seqops' low-precision error is at most 2x torch.nn's own, plus one
-    # rounding unit at the reference's scale (at B=3, H=6 a largest error is one final rounding).
+    # FlashAttention rule: seqops' low-precision error is at most 2x torch.nn's own.
     baseline = run(cell_pair(kind)[0].to(device, dtype), leaves[0], hx, leaves)
     for key in expected:
-        assert_error_rule(actual[key], baseline[key], expected[key], name=key)
+        ours_err = (actual[key].double() - expected[key]).abs().max().item()
+        torch_err = (baseline[key].double() - expected[key]).abs().max().item()
+        assert ours_err <= 2 * torch_err, (key, ours_err, torch_err)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
