@@ -8,6 +8,7 @@ import torch
 
 from benchmarks import timing
 from benchmarks.providers import Unavailable, Unsupported, providers_for
+from benchmarks.providers.base import tensors_in
 
 MAX_ROTATION = 8
 
@@ -90,14 +91,6 @@ def make_row(case, provider, env, stats=None, error=None, peak_mb=None, rot=1):
     return row
 
 
-def _floats(out):
-    if isinstance(out, torch.Tensor):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, (tuple, list)):
-        return [t for item in out for t in _floats(item)]
-    return []
-
-
 def finite_checked(fn):
     """fn, whose first call raises if it returns a non-finite tensor (the inputs are random normal draws, so
     every output is finite): a broken kernel gets a failed row instead of a fast one, and cannot become a
@@ -108,7 +101,7 @@ def finite_checked(fn):
         out = fn()
         if not checked:
             checked.append(True)
-            if any(not bool(torch.isfinite(t).all()) for t in _floats(out)):
+            if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors_in(out)):
                 raise RuntimeError("non-finite output on random inputs")
         return out
 

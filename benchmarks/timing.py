@@ -125,23 +125,24 @@ def time_cuda(fn, warmup_ms=25, rep_ms=100, min_samples=10):
     so a call whose host-side cost (Python, dispatch, launches) exceeds its GPU time would be timed without
     that cost. Short calls are therefore timed back to back as well, without a flush, and where that per-call
     wall time is the larger it is the row's time (Stats.back_to_back)."""
-    rep_ms = max(rep_ms, min_samples * _estimate_cuda_ms(fn))
+    estimate_ms = max(_estimate_cuda_ms(fn), 1e-3)
+    rep_ms = max(rep_ms, min_samples * estimate_ms)
     try:
         from triton.testing import do_bench
     except ImportError:
-        stats = _time_cuda_events(fn, warmup_ms, rep_ms)
+        stats = _time_cuda_events(fn, warmup_ms, rep_ms, estimate_ms)
     else:
         stats = summarize(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all"))
     if stats.median_ms < LAUNCH_BOUND_CHECK_MS:
-        chained = _time_back_to_back(fn, rep_ms)
+        chained = _time_back_to_back(fn, rep_ms, estimate_ms)
         if chained.median_ms > stats.median_ms:
             return chained
     return stats
 
 
-def _time_back_to_back(fn, rep_ms, rounds=7):
+def _time_back_to_back(fn, rep_ms, estimate_ms, rounds=7):
     """Per-call wall time of calls queued back to back, no flush: rounds of calls between two events."""
-    calls = max(1, int(rep_ms / rounds / max(_estimate_cuda_ms(fn), 1e-3)))
+    calls = max(1, int(rep_ms / rounds / estimate_ms))
     per_call = []
     for _ in range(rounds):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -167,9 +168,9 @@ def _estimate_cuda_ms(fn):
     return start.elapsed_time(end)
 
 
-def _time_cuda_events(fn, warmup_ms, rep_ms):
+def _time_cuda_events(fn, warmup_ms, rep_ms, estimate_ms=None):
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
-    estimate_ms = max(_estimate_cuda_ms(fn), 1e-3)
+    estimate_ms = estimate_ms or max(_estimate_cuda_ms(fn), 1e-3)
     for _ in range(max(1, int(warmup_ms / estimate_ms))):
         fn()
     n = max(1, int(rep_ms / estimate_ms))

@@ -70,13 +70,13 @@ def random_tensor(shape, device, dtype, requires_grad=True, scale=1.0):
     return t.to(dtype).requires_grad_(requires_grad)
 
 
-def _tensors(out):
+def tensors_in(out):
+    """The tensors in out (a tensor, nested tuples/lists of them, or anything else: none)."""
     if isinstance(out, torch.Tensor):
         return [out]
-    flat = []
-    for item in out:
-        flat.extend(_tensors(item))
-    return flat
+    if not isinstance(out, (tuple, list)):
+        return []
+    return [t for item in out for t in tensors_in(item)]
 
 
 def mode_fn(mode, forward, leaves):
@@ -96,7 +96,7 @@ def mode_fn(mode, forward, leaves):
                 return forward()
 
         return inference
-    outs = [t for t in _tensors(forward()) if t.requires_grad]
+    outs = [t for t in tensors_in(forward()) if t.requires_grad]
     if not outs:
         raise Unsupported("the forward output does not require grad")
     grads = [torch.randn_like(t) for t in outs]
@@ -117,7 +117,7 @@ def mode_fn(mode, forward, leaves):
 
         def forward_backward():
             clear()
-            fresh = [t for t in _tensors(forward()) if t.requires_grad]
+            fresh = [t for t in tensors_in(forward()) if t.requires_grad]
             torch.autograd.backward(fresh, grads)
 
         forward_backward.grads = grads
