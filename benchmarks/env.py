@@ -58,10 +58,16 @@ def device_name(device):
 
 
 def device_slug(device):
+    """The results folder's name. A CPU model name without a model number ('AMD EPYC', as virtual machines say)
+    gets the CPU family and model, so a Zen 2 and a Zen 5 do not write into one folder."""
     device = torch.device(device)
     if device.type == "cuda":
         return slugify(torch.cuda.get_device_name(device))
-    return "cpu-" + slugify(cpu_model())
+    model = cpu_model()
+    family = cpu_family()
+    if family and not re.search(r"\d", model):
+        model = f"{model} {family}"
+    return "cpu-" + slugify(model)
 
 
 def _git(*args):

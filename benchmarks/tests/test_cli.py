@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks import __main__ as cli
+from benchmarks import env as env_mod
 from benchmarks import report
 from benchmarks.cases import HEADLINE
 from benchmarks.env import REPO_ROOT, slugify
@@ -62,6 +65,17 @@ def test_size_and_dtype_options():
 def test_slug():
     assert slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert slugify("AMD EPYC 7R13 Processor") == "amd-epyc-7r13-processor"
+
+
+@pytest.mark.parametrize("model,family,slug", [
+    ("AMD EPYC", "family 23 model 49", "cpu-amd-epyc-family-23-model-49"),  # a VM's name: Zen 2 and Zen 5 alike
+    ("AMD EPYC 7R13 Processor", "family 25 model 1", "cpu-amd-epyc-7r13-processor"),
+    ("AMD EPYC", None, "cpu-amd-epyc"),
+])
+def test_cpu_slug_tells_generic_model_names_apart(monkeypatch, model, family, slug):
+    monkeypatch.setattr(env_mod, "cpu_model", lambda: model)
+    monkeypatch.setattr(env_mod, "cpu_family", lambda: family)
+    assert env_mod.device_slug("cpu") == slug
 
 
 def test_dtypes_convert_when_no_default_case_has_them():
