@@ -128,6 +128,29 @@ def tf32_allowed(device):
     return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
 
 
+def cudnn_version(device):
+    """cuDNN's version (92400 = 9.24.0) on CUDA, where torch.nn's RNNs and SDPA's cuDNN backend run it."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+
+
+@lru_cache(maxsize=4)
+def gpu_driver(device):
+    """The NVIDIA driver's version from nvidia-smi (torch does not expose it), or None."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    version = out.stdout.strip() if out.returncode == 0 else ""
+    return version or None
+
+
 def environment(device):
     """The fields stamped on every result row."""
     device = torch.device(device)
@@ -137,6 +160,8 @@ def environment(device):
         "torch": torch.__version__,
         "triton": triton_version(),
         "cuda": torch.version.cuda,
+        "cudnn": cudnn_version(device),
+        "gpu_driver": gpu_driver(device),
         "tf32": tf32_allowed(device),
         "seqops": seqops_build(),
         "commit": git_commit(),

@@ -16,7 +16,8 @@ ROW_FIELDS = (
     "name", "suite", "op", "mode", "dtype", "provider", "status", "note",
     "median_ms", "p20_ms", "p80_ms", "samples", "us_per_step", "tflops", "peak_mem_mb", "rotation", "flops",
     "B", "T", "I", "H", "heads", "L", "S", "D", "causal", "sweep",
-    "device", "device_slug", "torch", "triton", "cuda", "tf32", "seqops", "commit", "date", "load_avg",
+    "device", "device_slug", "torch", "triton", "cuda", "cudnn", "gpu_driver", "tf32", "seqops", "commit", "date",
+    "load_avg",
 )  # fmt: skip
 HEADLINE_FIELDS = ("name", "seqops_ms", "peer", "peer_ms", "ratio", "tflops")
 

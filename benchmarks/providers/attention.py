@@ -1,6 +1,9 @@
 """Attention: seqops.attention against SDPA with each backend, FlexAttention (compiled) and the reference.
 q, k, v: [B, heads, L or S, D], contiguous; causal means SDPA's upper-left aligned mask."""
 
+import re
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -52,9 +55,35 @@ def sdpa_backend_setup(backend_name, cuda_only, half_only):
             with sdpa_kernel([backend]):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=case.causal)
 
+        refuse_with_reasons(forward, f"SDPA {backend_name}")
         return mode_fn(case.mode, forward, [q, k, v])
 
     return setup
+
+
+def refusal_reasons(messages):
+    """SDPA's warnings when a forced backend refuses a call ('Flash attention kernel not used because:', then
+    one warning per reason), as one line of reasons."""
+    reasons = []
+    for message in messages:
+        text = re.sub(r"\s*\(Triggered internally at [^)]*\)\s*$", "", str(message)).strip()
+        if text and not text.endswith("not used because:"):
+            reasons.append(text)
+    return "; ".join(dict.fromkeys(reasons))
+
+
+def refuse_with_reasons(forward, name):
+    """Calls forward once: where the forced backend refuses the case, its row says why ('unsupported: SDPA
+    FLASH_ATTENTION refuses this case: ...'), not only SDPA's 'No available kernel'."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            forward()
+        except RuntimeError as err:
+            reasons = refusal_reasons(w.message for w in caught)
+            if not reasons:
+                raise
+            raise Unsupported(f"{name} refuses this case: {reasons}") from err
 
 
 def causal_mask(b, h, q_idx, kv_idx):

@@ -72,3 +72,26 @@ def test_provider(benchmark, full_benchmarks, case, provider, device):
     else:
         benchmark.pedantic(fn, rounds=1, iterations=1)
     benchmark.extra_info.update(flops=case.flops, provider=provider.name, case=case.name)
+
+
+def test_a_refusing_sdpa_backend_gets_its_reasons_in_the_row():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from benchmarks.providers.attention import refuse_with_reasons
+
+    q = torch.randn(1, 2, 8, 16)
+
+    def refused():  # the CPU flash kernel has no dropout
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
+
+    with pytest.raises(Unsupported, match=r"^SDPA FLASH_ATTENTION refuses this case: .*dropout") as info:
+        refuse_with_reasons(refused, "SDPA FLASH_ATTENTION")
+    assert "Triggered internally" not in str(info.value) and "not used because" not in str(info.value)
+    refuse_with_reasons(lambda: q.sum(), "SDPA MATH")  # a call that runs passes
+
+    def broken():  # an error with no refusal warnings is the error itself
+        raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):
+        refuse_with_reasons(broken, "SDPA MATH")

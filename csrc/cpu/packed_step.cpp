@@ -22,11 +22,16 @@ namespace {
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kW = Vec::size();
-constexpr int kVecs = 4;            // vectors per panel: 4 x W output columns (one unit block's 4 LSTM gates)
-// Rows per register tile: 6 x 4 accumulators + 4 weight vectors + 1 broadcast fill AVX-512's 32 registers;
-// AVX2 and narrower have 16, room for 2 x 4 + 5.
-constexpr int kRows = kW >= 16 ? 6 : 2;
-constexpr int64_t kKBlock = 256;    // K per block: the partial sums go through the output between blocks
+constexpr int kVecs = 4;  // vectors per panel: 4 x W output columns (one unit block's 4 LSTM gates)
+// A register tile is kRows rows x kTileVecs of a panel's vectors. AVX-512's 32 registers hold 6 x 4 accumulators
+// + 4 weight vectors + 1 broadcast. AVX2 and narrower have 16: a panel goes in two halves of 6 x 2 (12 + 2 + 1),
+// the 6 x 16 shape of BLIS's Haswell/Zen kernels. The earlier 2 x 4 tile loaded 4 weight vectors per 8 FMAs and
+// kept only 8 dependent FMA chains in flight, under the 10 that Zen 2's 2 pipes x 5 cycles need: it ran LSTM
+// steps at about half of oneDNN's speed there.
+constexpr int kTileVecs = kW >= 16 ? 4 : 2;
+constexpr int kRows = 6;
+static_assert(kTileVecs == kVecs || 2 * kTileVecs == kVecs, "a panel is one tile wide or two");
+constexpr int64_t kKBlock = kTileVecs == 4 ? 256 : 128;  // K per block: the weight chunk and rows stay in L1
 constexpr int64_t kMaxRows = 512;   // beyond, a step is a large GEMM: oneDNN's territory
 constexpr int64_t kTaskMacs = 1 << 15;  // multiply-adds per parallel task, so tiny steps stay on one thread
 
@@ -37,45 +42,82 @@ struct Layout {
 
 enum class Init { kZero, kBias, kOut };
 
-// Rows [r0, r0 + R) of out at panel j's columns += a[r0.., k0:k0+kn] x panel[k0:k0+kn]. The first K block starts
-// from init, later ones from the partial sums left in out; the last hands the accumulators to finish(r, acc)
-// instead of storing them.
-template <int R, typename Finish>
+// Rows [r0, r0 + R) of out at panel j's columns of vectors [V0, V0 + kTileVecs) += a[r0.., k0:k0+kn] x
+// panel[k0:k0+kn]. The first K block starts from init, later ones from the partial sums left in out. The last
+// block of the panel's last vectors hands all 4 accumulators of each row to finish(r, acc) instead of storing
+// them, the earlier vectors' sums read back from out (where their own last block left them).
+template <int R, int V0, typename Finish>
 inline void tile(const float* panel, int64_t k0, int64_t kn, bool first, bool last, const float* a, int64_t lda,
                  float* out, int64_t ldo, const int64_t (&cols)[kVecs], Init init, const float* bias,
                  const Finish& finish) {
-  Vec acc[R][kVecs];
+  constexpr int NV = kTileVecs;
+  Vec acc[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < kVecs; ++v) {
+    for (int v = 0; v < NV; ++v) {
+      const int64_t col = cols[V0 + v];
       if (!first || init == Init::kOut)
-        acc[r][v] = Vec::loadu(out + r * ldo + cols[v]);
+        acc[r][v] = Vec::loadu(out + r * ldo + col);
       else
-        acc[r][v] = init == Init::kBias ? Vec::loadu(bias + cols[v]) : Vec(0.0f);
+        acc[r][v] = init == Init::kBias ? Vec::loadu(bias + col) : Vec(0.0f);
     }
-  const float* w = panel + k0 * kVecs * kW;
+  const float* w = panel + (k0 * kVecs + V0) * kW;
   const float* ak = a + k0;
   for (int64_t k = 0; k < kn; ++k, w += kVecs * kW) {
-    const Vec w0 = Vec::loadu(w), w1 = Vec::loadu(w + kW), w2 = Vec::loadu(w + 2 * kW), w3 = Vec::loadu(w + 3 * kW);
+    Vec wv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) wv[v] = Vec::loadu(w + v * kW);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const Vec x(ak[r * lda + k]);
-      acc[r][0] = at::vec::fmadd(x, w0, acc[r][0]);
-      acc[r][1] = at::vec::fmadd(x, w1, acc[r][1]);
-      acc[r][2] = at::vec::fmadd(x, w2, acc[r][2]);
-      acc[r][3] = at::vec::fmadd(x, w3, acc[r][3]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(x, wv[v], acc[r][v]);
     }
   }
-  if (last) {
+  if (last && V0 + NV == kVecs) {
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) finish(r, acc[r]);
+    for (int r = 0; r < R; ++r) {
+      Vec all[kVecs];
+#pragma GCC unroll 4
+      for (int v = 0; v < V0; ++v) all[v] = Vec::loadu(out + r * ldo + cols[v]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) all[V0 + v] = acc[r][v];
+      finish(r, all);
+    }
     return;
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < kVecs; ++v) acc[r][v].store(out + r * ldo + cols[v]);
+    for (int v = 0; v < NV; ++v) acc[r][v].store(out + r * ldo + cols[V0 + v]);
+}
+
+// One panel's vectors [V0, V0 + kTileVecs) over all K blocks and row tiles.
+template <int V0, typename MakeFinish>
+void panel_part(int64_t j, const float* panel, int64_t K, const int64_t (&cols)[kVecs], int64_t b, const float* a,
+                int64_t lda, float* out, int64_t ldo, Init init, const float* bias, const MakeFinish& make_finish) {
+  // Rows split evenly over the fewest tiles (16 = 6 + 5 + 5, not 6 + 6 + 4; 13 = 5 + 4 + 4, not 6 + 6 + 1): a
+  // short tile has too few independent FMA chains to hide the FMA latency and takes a full tile's time.
+  if (b <= 0) return;
+  const int64_t n_tiles = (b + kRows - 1) / kRows, base = b / n_tiles, longer = b % n_tiles;
+  for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
+    const int64_t kn = std::min(kKBlock, K - k0);
+    const bool first = k0 == 0, last = k0 + kn == K;
+    for (int64_t t = 0, r0 = 0; t < n_tiles; r0 += base + (t < longer), ++t) {
+      const float* ar = a + r0 * lda;
+      float* outr = out + r0 * ldo;
+      const auto finish = make_finish(r0, j, cols);
+      switch (base + (t < longer)) {
+        case 6: tile<6, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+        case 5: tile<5, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+        case 4: tile<4, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+        case 3: tile<3, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+        case 2: tile<2, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+        default: tile<1, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+      }
+    }
+  }
 }
 
 // Panels [j0, j1) of a: [b, K] (row stride lda) x panels -> out [b, G] (row stride ldo), on this thread.
@@ -87,23 +129,9 @@ void panel_range(int64_t j0, int64_t j1, const float* panels, int64_t K, Layout 
     const float* panel = panels + j * K * kVecs * kW;
     int64_t cols[kVecs];
     for (int v = 0; v < kVecs; ++v) cols[v] = j * layout.panel_step + v * layout.vec_step;
-    for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
-      const int64_t kn = std::min(kKBlock, K - k0);
-      const bool first = k0 == 0, last = k0 + kn == K;
-      for (int64_t r0 = 0; r0 < b; r0 += kRows) {
-        const float* ar = a + r0 * lda;
-        float* outr = out + r0 * ldo;
-        const auto finish = make_finish(r0, j, cols);
-        switch (std::min<int64_t>(kRows, b - r0)) {
-          case 6: tile<6>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
-          case 5: tile<5>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
-          case 4: tile<4>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
-          case 3: tile<3>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
-          case 2: tile<2>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
-          default: tile<1>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
-        }
-      }
-    }
+    panel_part<0>(j, panel, K, cols, b, a, lda, out, ldo, init, bias, make_finish);
+    if constexpr (kTileVecs < kVecs)
+      panel_part<kTileVecs>(j, panel, K, cols, b, a, lda, out, ldo, init, bias, make_finish);
   }
 }
 
