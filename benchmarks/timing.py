@@ -65,16 +65,27 @@ def _calibrate(fn, warmup_s, clock):
             return elapsed / calls
 
 
+def balanced_orders(n):
+    """A Williams design: orders of range(n) in which every index comes first equally often and runs right
+    after every other index equally often (n orders for even n, 2n for odd). A rotation alone keeps the cyclic
+    neighbours: with seqops, torch.nn, pyloop, seqops always ran right after pyloop's allocations (after the
+    reference's [L, L] scores in attention), which measured seqops' CPU attention 0.87x of SDPA's flash kernel
+    against 0.97x with those providers left out (2-core Zen 2)."""
+    first = [j // 2 if j % 2 == 0 else n - (j + 1) // 2 for j in range(n)]
+    orders = [[(i + r) % n for i in first] for r in range(n)]
+    return orders + [order[::-1] for order in orders] if n % 2 else orders
+
+
 def round_order(names, round_index):
-    """Providers in the order of one round: rotated by one each round, so none is always first."""
-    shift = round_index % len(names)
-    return names[shift:] + names[:shift]
+    """Providers in the order of one round, cycling through balanced_orders."""
+    orders = balanced_orders(len(names))
+    return [names[i] for i in orders[round_index % len(orders)]]
 
 
 def time_cpu_interleaved(fns, budget=CpuBudget(), clock=time.perf_counter):
     """fns: {provider: zero-argument callable}. Returns {provider: Stats or the exception it raised}.
 
-    Each round runs every provider once, in an order rotated by one each round; a sample is the mean of
+    Each round runs every provider once, the orders balanced over rounds (round_order); a sample is the mean of
     `inner` back-to-back calls, inner chosen per provider so a sample lasts at least min_sample_s."""
     results, inner = {}, {}
     for name, fn in fns.items():

@@ -1,7 +1,9 @@
 """Timing statistics and the CPU interleaving, with a fake clock so the expected numbers are exact."""
 
+import itertools
 import math
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -47,10 +49,19 @@ class FakeClock:
         return fn
 
 
-def test_round_order_rotates():
-    names = ["a", "b", "c"]
-    assert [timing.round_order(names, r) for r in range(4)] == [
-        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
+def test_round_orders_balance_positions_and_predecessors(n):
+    names = [f"p{i}" for i in range(n)]
+    cycle = len(timing.balanced_orders(n))
+    orders = [timing.round_order(names, r) for r in range(cycle)]
+    assert all(sorted(order) == names for order in orders)
+    assert timing.round_order(names, cycle) == orders[0]
+    # each provider takes each position equally often, and runs right after each other one equally often
+    for position in range(n):
+        assert Counter(order[position] for order in orders) == Counter({name: cycle // n for name in names})
+    follows = Counter((a, b) for order in orders for a, b in itertools.pairwise(order))
+    assert set(follows) == set(itertools.permutations(names, 2))
+    assert len(set(follows.values())) <= 1
 
 
 def test_interleaved_medians_and_rounds():
