@@ -721,15 +721,19 @@ def _onednn_products(fn):
 
 @pytest.mark.parametrize("mode,proj_size", [(mode, 16 if mode == "LSTM" else 0) for mode in MODES] + [("LSTM", 0)])
 @pytest.mark.parametrize("packed", [False, True])
-def test_cpu_float32_weight_gradients_at_scale_match_torch_nn(mode, proj_size, packed):
-    # 600 rows per layer-direction and weights of 2^16 elements and more, so the weight gradients run on
-    # oneDNN in 256-row partial products with a tail (packed: from the gathered previous states). fp32 sums
-    # over 600 rows outgrow assert_close's fp32 defaults, torch.nn's own too; so this is FlashAttention's rule at
-    # fp32: seqops' error vs float64 at most 2x torch.nn's fp32 error (+1 ulp of the largest value), on the
-    # outputs and every gradient. The step GEMMs (cpu/packed_step.cpp) run here over several K blocks and
-    # 15 rows = two full register tiles and a remainder; the unprojected LSTM over its fused sequence kernels.
+@pytest.mark.parametrize("gemms", ["onednn", "mm"])
+def test_cpu_float32_weight_gradients_at_scale_match_torch_nn(monkeypatch, mode, proj_size, packed, gemms):
+    # 600 rows per layer-direction and weights of 2^16 elements and more. With gemms="onednn" (the default
+    # where the CPU has AVX-512) the weight gradients run on oneDNN in 256-row partial products with a tail
+    # (packed: from the gathered previous states); with "mm" (the default without AVX-512) every product is
+    # at::mm. fp32 sums over 600 rows outgrow assert_close's fp32 defaults, torch.nn's own too; so this is
+    # FlashAttention's rule at fp32: seqops' error vs float64 at most 2x torch.nn's fp32 error (+1 ulp of the
+    # largest value), on the outputs and every gradient. The step GEMMs (cpu/packed_step.cpp) run here over
+    # several K blocks and 15 rows = two full register tiles and a remainder; the unprojected LSTM over its
+    # fused sequence kernels.
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
+    monkeypatch.setenv("SEQOPS_ONEDNN", "1" if gemms == "onednn" else "0")
     T_, B_, I_, H_ = 40, 15, 256, 256
     kwargs = {"bidirectional": True, "proj_size": proj_size} if proj_size else {"bidirectional": True}
     if mode.startswith("RNN"):
@@ -754,9 +758,12 @@ def test_cpu_float32_weight_gradients_at_scale_match_torch_nn(mode, proj_size, p
 
     ours_results = {}
     products = _onednn_products(lambda: ours_results.update(results(ours, torch.float32)))
-    # both directions' input and recurrent weight gradients, each in >= 3 parts (with proj_size the LSTM's
-    # [4H, 16] recurrent weight is below oneDNN's threshold)
-    assert products >= 2 * (1 if proj_size else 2) * 3
+    if gemms == "onednn":
+        # both directions' input and recurrent weight gradients, each in >= 3 parts (with proj_size the LSTM's
+        # [4H, 16] recurrent weight is below oneDNN's threshold)
+        assert products >= 2 * (1 if proj_size else 2) * 3
+    else:
+        assert products == 0
     baseline, expected = results(theirs, torch.float32), results(exact, torch.float64)
     for key, want in expected.items():
         err = (ours_results[key].double() - want).abs().max().item()

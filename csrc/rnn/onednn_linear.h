@@ -1,13 +1,15 @@
 // oneDNN's linear, the GEMM torch's own fused CPU RNNs run on, reached through ATen's mkldnn ops by the
 // dispatcher (oneDNN's own symbols are not exported by libtorch). CPU float32/bfloat16 only.
 //
-// Why not at::mm: MKL's sgemm takes its AVX2 path on AMD CPUs. Measured on a 2-core AMD EPYC: [3200, 1024] x
-// [1024, 256] 11.7 ms with at::mm, 8.4 ms here; a step's [32, 256] x [256, 1024] 214 us vs 101 us on a
-// reordered weight.
+// Why not at::mm: MKL's sgemm takes its AVX2 path on AMD CPUs. Measured on a 2-core AMD EPYC with AVX-512:
+// [3200, 1024] x [1024, 256] 11.7 ms with at::mm, 8.4 ms here; a step's [32, 256] x [256, 1024] 214 us vs
+// 101 us on a reordered weight. Without AVX-512, AVX2 is MKL's own best path too, and at::mm won over whole
+// layers (float32_on_onednn).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
+#include <ATen/Version.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cstdlib>
@@ -22,11 +24,10 @@ struct Ops {
   c10::OperatorHandle reorder, linear;
 };
 
-// Looked up once; null where this torch has no oneDNN or SEQOPS_ONEDNN=0.
+// Looked up once; null where this torch has no oneDNN.
 inline const Ops* ops() {
   static const std::optional<Ops> found = []() -> std::optional<Ops> {
-    const char* env = std::getenv("SEQOPS_ONEDNN");
-    if ((env != nullptr && std::strcmp(env, "0") == 0) || !at::hasMKLDNN()) return std::nullopt;
+    if (!at::hasMKLDNN()) return std::nullopt;
     auto& dispatcher = c10::Dispatcher::singleton();
     auto reorder = dispatcher.findSchema({"mkldnn::_reorder_linear_weight", ""});
     auto linear = dispatcher.findSchema({"mkldnn::_linear_pointwise", ""});
@@ -36,11 +37,37 @@ inline const Ops* ops() {
   return found ? &*found : nullptr;
 }
 
-// Whether oneDNN can take this weight: CPU float32/bfloat16, mkldnn enabled, and available.
+// SEQOPS_ONEDNN: "0" keeps every product off oneDNN, "1" puts float32 ones on it wherever it can take them;
+// read per call (a getenv is ~100 ns beside a product's >= 10 us), so tests can switch it.
+inline const char* forced() {
+  return std::getenv("SEQOPS_ONEDNN");
+}
+
+// Whether float32 products go to oneDNN rather than at::mm. By default where the CPU has AVX-512, on which
+// MKL's AMD path (AVX2) loses (above). On x86 CPUs without it, AVX2 is MKL's best path, and at::mm measured
+// faster over whole layers: training steps (fwd+bwd, B=16 T=64 H=256, 2-core Zen 2, against torch.nn side by
+// side) LSTM 0.86 -> 0.95x, GRU 1.61 -> 1.81x, RNN 1.40 -> 1.70x; RNNCell at B=64 H=256 0.79 -> 0.96x.
+// Elsewhere (ARM) oneDNN, as measured nowhere else.
+inline bool float32_on_onednn() {
+  const char* env = forced();
+  if (env != nullptr && (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0)) return env[0] == '1';
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool avx512 = at::get_cpu_capability().rfind("AVX512", 0) == 0;
+  return avx512;
+#else
+  return true;
+#endif
+}
+
+// Whether oneDNN takes this weight: CPU float32 (where float32_on_onednn) or bfloat16, mkldnn enabled, and
+// available.
 inline bool usable(const Tensor& w) {
   const auto st = w.scalar_type();
-  return ops() != nullptr && w.device().is_cpu() && (st == at::kFloat || st == at::kBFloat16) &&
-         at::globalContext().userEnabledMkldnn() && w.numel() > 0;
+  const char* env = forced();
+  if (ops() == nullptr || (env != nullptr && std::strcmp(env, "0") == 0) || !w.device().is_cpu() ||
+      !at::globalContext().userEnabledMkldnn() || w.numel() == 0)
+    return false;
+  return st == at::kBFloat16 || (st == at::kFloat && float32_on_onednn());
 }
 
 // oneDNN's call costs ~20 us however small the product, so at::mm wins below ~1M multiply-adds (measured:
