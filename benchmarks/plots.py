@@ -5,6 +5,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -107,6 +108,11 @@ def speedup_bars(rows, suite, out_dir):
         ax.barh(ys, [data[n].get(provider, float("nan")) for n in names], height=height, label=provider)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
+    # ratios as '0.5x', '2x' on both major and minor ticks, not matplotlib's 10^0 and 2x10^0
+    ratio_format = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}x")
+    ax.xaxis.set_major_formatter(ratio_format)
+    ax.xaxis.set_minor_formatter(ratio_format)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(names))], names, fontsize=7)
     ax.invert_yaxis()
     ax.set(xlabel="provider time / seqops time (>1: seqops faster)", title=f"seqops speed-up, {suite}")
