@@ -92,14 +92,16 @@ def test_odd_sizes_float32(device, mode, shape):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("H", [16, 48, 64])
-@pytest.mark.parametrize("B,T", [(1, 9), (7, 5), (13, 3)])
+@pytest.mark.parametrize("H", [16, 48, 64, 272])
+@pytest.mark.parametrize("B,T", [(1, 9), (7, 5), (12, 2), (13, 3)])
 def test_cpu_packed_step_kernels_float32(mode, reverse, packed, H, B, T):
     """The CPU float32 step kernels on packed weight panels (csrc/cpu/packed_step.cpp) take weights whose gate
     rows are a multiple of 4 SIMD vectors (64 floats with AVX-512, 32 with AVX2); the other tests' sizes are
     below that. These sizes reach them: the LSTM's fused step (H % vector == 0), its whole-sequence forward and
     backward (unpacked input), per-step use for packed input, the plain product with and without bias (GRU,
-    RNN), row tiles of 1, 6 and a remainder, and a fallback beside (H = 48: backward weight 48 wide)."""
+    RNN), and a fallback beside (H = 48: backward weight 48 wide). Rows split evenly over tiles of at most 6:
+    1, 4 + 3, 6 + 6, 5 + 4 + 4. H = 272 takes the recurrent products over several K blocks (256 or 128 wide)
+    in the forward as well as the backward (K = 4H)."""
     lengths = sorted([T, max(1, T - 2), 1] + [T] * (B - 3), reverse=True)[:B] if packed else None
     args = make_layer(mode, T=T, B=B, I=5, H=H, dtype=torch.float32, lengths=lengths)
     assert_matches_reference(mode, args, reverse)

@@ -729,8 +729,8 @@ def test_cpu_float32_weight_gradients_at_scale_match_torch_nn(monkeypatch, mode,
     # at::mm. fp32 sums over 600 rows outgrow assert_close's fp32 defaults, torch.nn's own too; so this is
     # FlashAttention's rule at fp32: seqops' error vs float64 at most 2x torch.nn's fp32 error (+1 ulp of the
     # largest value), on the outputs and every gradient. The step GEMMs (cpu/packed_step.cpp) run here over
-    # several K blocks and 15 rows = two full register tiles and a remainder; the unprojected LSTM over its
-    # fused sequence kernels.
+    # several K blocks and 15 rows = three register tiles of 5; the unprojected LSTM over its fused sequence
+    # kernels.
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
     monkeypatch.setenv("SEQOPS_ONEDNN", "1" if gemms == "onednn" else "0")
