@@ -59,15 +59,18 @@ inline bool float32_on_onednn() {
 #endif
 }
 
-// Whether oneDNN takes this weight: CPU float32 (where float32_on_onednn) or bfloat16, mkldnn enabled, and
-// available.
-inline bool usable(const Tensor& w) {
+// Whether oneDNN can take this weight at all: CPU float32/bfloat16, mkldnn enabled, available, not
+// SEQOPS_ONEDNN=0.
+inline bool available(const Tensor& w) {
   const auto st = w.scalar_type();
   const char* env = forced();
-  if (ops() == nullptr || (env != nullptr && std::strcmp(env, "0") == 0) || !w.device().is_cpu() ||
-      !at::globalContext().userEnabledMkldnn() || w.numel() == 0)
-    return false;
-  return st == at::kBFloat16 || (st == at::kFloat && float32_on_onednn());
+  return ops() != nullptr && (env == nullptr || std::strcmp(env, "0") != 0) && w.device().is_cpu() &&
+         (st == at::kFloat || st == at::kBFloat16) && at::globalContext().userEnabledMkldnn() && w.numel() > 0;
+}
+
+// Whether oneDNN takes this weight's products: bfloat16, or float32 where float32_on_onednn.
+inline bool usable(const Tensor& w) {
+  return available(w) && (w.scalar_type() == at::kBFloat16 || float32_on_onednn());
 }
 
 // oneDNN's call costs ~20 us however small the product, so at::mm wins below ~1M multiply-adds (measured:
