@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from benchmarks import cases as cases_mod
 from benchmarks import env as env_mod
 from benchmarks import report, runner, timing
-from benchmarks.providers import all_provider_names, providers_for
+from benchmarks.providers import all_provider_names
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -125,12 +125,12 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     selected = [c for c in pick_cases(args, device.type)
-                if providers_for(c.suite, device.type, args.providers, args.quick)]
+                if runner.pending_providers(c, device.type, args.providers, args.quick)]
     if not selected:
         raise SystemExit("no benchmark case matches these options (see --list)")
     if args.list:
         for case in selected:
-            names = [p.name for p in providers_for(case.suite, device.type, args.providers, args.quick)]
+            names = [p.name for p in runner.pending_providers(case, device.type, args.providers, args.quick)]
             print(f"{case.name:<48} {' '.join(names)}")
         return 0
     if args.replot:
@@ -145,9 +145,7 @@ def main(argv=None):
     if args.skip_existing:
         done = frozenset((r["name"], r["provider"]) for r in report.load_rows(out_dir)
                          if r.get("commit") == env["commit"] and r.get("status") == "ok")
-        selected = [c for c in selected if any((c.name, p.name) not in done
-                                                for p in providers_for(c.suite, device.type, args.providers,
-                                                                       args.quick))]
+        selected = [c for c in selected if runner.pending_providers(c, device.type, args.providers, args.quick, done)]
         if not selected:
             console.print(f"every selected case is in {out_dir} already (--skip-existing)")
             return 0

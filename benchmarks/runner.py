@@ -185,6 +185,12 @@ def run_case_cuda(case, providers, device, env, warmup_ms, rep_ms):
     return rows, stop
 
 
+def pending_providers(case, device_type, provider_names=None, quick=False, done=frozenset()):
+    """The case's providers on this device type, less the (case name, provider) pairs in done."""
+    return [p for p in providers_for(case.suite, device_type, provider_names, quick)
+            if (case.name, p.name) not in done]
+
+
 def run_cases(cases, device, env, provider_names=None, quick=False, cpu_budget=None, warmup_ms=25,
               rep_ms=100, done=frozenset()):
     """Yields (case, rows) case by case; rows hold one row per provider of the case's suite, less the
@@ -194,8 +200,7 @@ def run_cases(cases, device, env, provider_names=None, quick=False, cpu_budget=N
     if device.type == "cuda":
         timing.warm_cuda_libraries(device)
     for case in cases:
-        providers = [p for p in providers_for(case.suite, device.type, provider_names, quick)
-                     if (case.name, p.name) not in done]
+        providers = pending_providers(case, device.type, provider_names, quick, done)
         if not providers:
             continue
         if device.type == "cuda":

@@ -13,9 +13,11 @@ namespace seqops {
 using at::Tensor;
 
 // Whether a product x [N, K] w^T goes to oneDNN's linear: float32 only, as bfloat16's at::mm already runs on
-// oneDNN, and its linear on the plain weight measured 3x at::mm's error on a cell's input gradient.
-inline bool onednn_takes(const Tensor& x, const Tensor& w) {
-  return w.scalar_type() == at::kFloat && onednn::usable(w) && onednn::worth_it(x.size(0), w);
+// oneDNN, and its linear on the plain weight measured 3x at::mm's error on a cell's input gradient. on_any_cpu:
+// also where float32 products otherwise prefer at::mm (onednn::float32_on_onednn).
+inline bool onednn_takes(const Tensor& x, const Tensor& w, bool on_any_cpu = false) {
+  return w.scalar_type() == at::kFloat && (on_any_cpu ? onednn::available(w) : onednn::usable(w)) &&
+         onednn::worth_it(x.size(0), w);
 }
 
 // x [N, K] -> [N, G] = x w^T (+ bias [G]), for a weight used once. w: [G, K], or a transposed view (the
@@ -89,9 +91,7 @@ inline Tensor project(const Tensor& x, const Tensor& w, const std::optional<Tens
   else if (b2.has_value())
     bias = b2;
   constexpr int64_t kSequenceRows = 256;
-  if (x.size(0) >= kSequenceRows && w.scalar_type() == at::kFloat && onednn::available(w) &&
-      onednn::worth_it(x.size(0), w))
-    return onednn::linear(x, w, bias);
+  if (x.size(0) >= kSequenceRows && onednn_takes(x, w, /*on_any_cpu=*/true)) return onednn::linear(x, w, bias);
   return linear_once(x, w, bias);
 }
 

@@ -37,10 +37,13 @@ inline const Ops* ops() {
   return found ? &*found : nullptr;
 }
 
-// SEQOPS_ONEDNN: "0" keeps every product off oneDNN, "1" puts float32 ones on it wherever it can take them;
-// read per call (a getenv is ~100 ns beside a product's >= 10 us), so tests can switch it.
-inline const char* forced() {
-  return std::getenv("SEQOPS_ONEDNN");
+// SEQOPS_ONEDNN: "0" keeps every product off oneDNN (false), "1" puts the float32 ones on it wherever it can
+// take them (true); unset or anything else: nullopt. Read per call (a getenv is ~100 ns beside a product's
+// >= 10 us), so tests can switch it.
+inline std::optional<bool> forced() {
+  const char* env = std::getenv("SEQOPS_ONEDNN");
+  if (env == nullptr || (std::strcmp(env, "0") != 0 && std::strcmp(env, "1") != 0)) return std::nullopt;
+  return env[0] == '1';
 }
 
 // Whether float32 products go to oneDNN rather than at::mm. By default where the CPU has AVX-512, on which
@@ -49,13 +52,11 @@ inline const char* forced() {
 // side) LSTM 0.86 -> 0.95x, GRU 1.61 -> 1.81x, RNN 1.40 -> 1.70x; RNNCell at B=64 H=256 0.79 -> 0.96x.
 // Elsewhere (ARM) oneDNN, as measured nowhere else.
 inline bool float32_on_onednn() {
-  const char* env = forced();
-  if (env != nullptr && (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0)) return env[0] == '1';
 #if defined(__x86_64__) || defined(_M_X64)
   static const bool avx512 = at::get_cpu_capability().rfind("AVX512", 0) == 0;
-  return avx512;
+  return forced().value_or(avx512);
 #else
-  return true;
+  return forced().value_or(true);
 #endif
 }
 
@@ -63,9 +64,8 @@ inline bool float32_on_onednn() {
 // SEQOPS_ONEDNN=0.
 inline bool available(const Tensor& w) {
   const auto st = w.scalar_type();
-  const char* env = forced();
-  return ops() != nullptr && (env == nullptr || std::strcmp(env, "0") != 0) && w.device().is_cpu() &&
-         (st == at::kFloat || st == at::kBFloat16) && at::globalContext().userEnabledMkldnn() && w.numel() > 0;
+  return ops() != nullptr && forced() != false && w.device().is_cpu() && (st == at::kFloat || st == at::kBFloat16) &&
+         at::globalContext().userEnabledMkldnn() && w.numel() > 0;
 }
 
 // Whether oneDNN takes this weight's products: bfloat16, or float32 where float32_on_onednn.

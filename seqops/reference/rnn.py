@@ -97,10 +97,6 @@ def _step(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Cells with torch.lstm_cell / torch.gru_cell / torch.rnn_*_cell's signatures; 1-D (unbatched) input works.
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Argument checks: an oracle that broadcast a state or promoted a dtype would agree with a wrong caller.
 
 
@@ -125,6 +121,10 @@ def _check_batch_sizes(op, batch_sizes, rows):
     if sum(sizes) != rows:
         raise RuntimeError(f"{op}: batch_sizes sum to {sum(sizes)} but the packed input has {rows} rows")
     return sizes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cells with torch.lstm_cell / torch.gru_cell / torch.rnn_*_cell's signatures; 1-D (unbatched) input works.
 
 
 def _run_cell(mode, input, states, weights, upcast):
