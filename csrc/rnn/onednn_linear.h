@@ -64,8 +64,8 @@ inline bool float32_on_onednn() {
 // SEQOPS_ONEDNN=0.
 inline bool available(const Tensor& w) {
   const auto st = w.scalar_type();
-  return ops() != nullptr && forced() != false && w.device().is_cpu() && (st == at::kFloat || st == at::kBFloat16) &&
-         at::globalContext().userEnabledMkldnn() && w.numel() > 0;
+  return ops() != nullptr && forced().value_or(true) && w.device().is_cpu() &&
+         (st == at::kFloat || st == at::kBFloat16) && at::globalContext().userEnabledMkldnn() && w.numel() > 0;
 }
 
 // Whether oneDNN takes this weight's products: bfloat16, or float32 where float32_on_onednn.
