@@ -38,6 +38,7 @@ build: deps
 # tests run a second time without the interpreter: the CPU half of a GPU machine's run, checked here.
 CPU_ROUTE_TESTS := tests/test_attention.py tests/test_attention_cpu.py tests/test_attention_dropout.py \
 	tests/test_attention_launch.py tests/test_attention_layout.py tests/test_attention_op_checks.py \
+	tests/test_attention_varlen.py \
 	tests/test_attention_registration.py tests/test_flops.py tests/test_multihead_attention.py \
 	tests/test_examples.py tests/test_onnx_export.py
 

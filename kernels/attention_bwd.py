@@ -37,8 +37,11 @@ from .attention_common import (
     mask_args,
     mask_kind,
     next_pow2_at_least_16,
+    packed_as_heads,
+    packed_rows_within_int32,
     padded_head_dims,
     prune_by_shared_memory,
+    sequence_rows,
     tile_and_head,
     within_int32_rows,
 )
@@ -56,10 +59,10 @@ def attention_bwd_delta_kernel(
     offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
     inside = (offs_m[:, None] < L) & (offs_dv[None, :] < EV)
-    o = tl.load(O + off_b * sob + off_h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
-                mask=inside, other=0.0)
-    do = tl.load(DO + off_b * sdob + off_h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
-                 mask=inside, other=0.0)
+    # 64-bit rows (a memory-bound pass, registers to spare): packed sequences run it over all their rows at once.
+    rows = offs_m.to(tl.int64)[:, None]
+    o = tl.load(O + off_b * sob + off_h * soh + rows * som + offs_dv[None, :] * sod, mask=inside, other=0.0)
+    do = tl.load(DO + off_b * sdob + off_h * sdoh + rows * sdom + offs_dv[None, :] * sdod, mask=inside, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
 
@@ -68,13 +71,14 @@ def attention_bwd_delta_kernel(
 def _dkdv_query_blocks(
     dk, dv, k, v, Q_head, DO_head, Lse_head, Delta_head, Mask_head, seed, bh,
     offs_n, offs_d, offs_dv, lo, hi,
-    sqm, sqd, sdom, sdod, smm, smn, L, S, E, EV, qk_scale, dropout_p, drop_scale,
+    sqm, sqd, sdom, sdod, smm, smn, L, S, DL, DS, E, EV, qk_scale, dropout_p, drop_scale,
     MASK_KIND: tl.constexpr, ON_DIAGONAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     # dk: [BLOCK_N, BLOCK_D], dv: [BLOCK_N, BLOCK_DV] fp32 accumulators; k, v: the stationary key tile.
     # Q_head, DO_head: pointers to this query head's rows, or (USE_TMA) tensor descriptors of them.
     # CHECK_BOUNDS: some row of [lo, hi) may lie past L; PAD_D: the head dims are padded up to the tile.
+    # L, S: this sequence's lengths; DL, DS: the dropout grid's (the longest, for packed sequences).
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         in_rows = offs_m < L
@@ -97,7 +101,7 @@ def _dkdv_query_blocks(
         pt = tl.exp2(st - lse2[None, :])
         dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)                       # [BLOCK_N, BLOCK_M]
         if HAS_DROPOUT:
-            keep_t = dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], L, S, dropout_p)
+            keep_t = dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], DL, DS, dropout_p)
             pt_dropped = tl.where(keep_t, pt * drop_scale, 0.0)
             dpt = tl.where(keep_t, dpt * drop_scale, 0.0)
         else:
@@ -108,15 +112,17 @@ def _dkdv_query_blocks(
     return dk, dv
 
 
-# Q, DO: [B, H, L, E|EV], K, V: [B, Hkv, S, E|EV], Mask: [B, H, L, S] view, Lse, Delta: [B, H, L] fp32
-# -> DK: [B, Hkv, S, E], DV: [B, Hkv, S, EV], unit last stride.  grid: (cdiv(S, BLOCK_N) * B * Hkv,)
+# Q, DO: [B, H, L, E|EV], K, V: [B, Hkv, S, E|EV], Mask: [B, H, L, S] view, Lse, Delta: [B, H, L] fp32 (strides
+# slb, slh, 1) -> DK: [B, Hkv, S, E], DV: [B, Hkv, S, EV], unit last stride.  grid: (cdiv(S, BLOCK_N) * B * Hkv,)
+# VARLEN: as in the forward, [1, heads, N, D] views of packed rows, sequence b owning query rows CuQ[b]..CuQ[b+1]
+# and keys CuK[b]..CuK[b+1]; L, S the longest lengths; Lse, Delta [H, Nq] (slb = 0).
 @triton.jit
 def attention_bwd_dkdv_kernel(
-    Q, K, V, Mask, Seed, DO, Lse, Delta, DK, DV,
+    Q, K, V, Mask, Seed, DO, Lse, Delta, DK, DV, CuQ, CuK,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-    smb, smh, smm, smn, sdob, sdoh, sdom, sdod, sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
+    smb, smh, smm, smn, sdob, sdoh, sdom, sdod, slb, slh, sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
     H, GROUP, L, S, E, EV, L_BUCKET, S_BUCKET, qk_scale, sm_scale, dropout_p, drop_scale,
-    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, VARLEN: tl.constexpr,
     PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -126,13 +132,18 @@ def attention_bwd_dkdv_kernel(
     Hkv = H // GROUP
     off_b = (bhkv // Hkv).to(tl.int64)
     off_hkv = (bhkv % Hkv).to(tl.int64)
+    q_row0, Lq, k_row0, Sk = sequence_rows(CuQ, CuK, off_b, L, S, VARLEN)
+    if VARLEN:
+        if start_n >= Sk:  # a tile past this sequence's keys: those rows are the next sequence's
+            return
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    in_keys = offs_n < S
-    k = tl.load(K + off_b * skb + off_hkv * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
+    in_keys = offs_n < Sk
+    k_rows = k_row0 + offs_n
+    k = tl.load(K + off_b * skb + off_hkv * skh + k_rows[:, None] * skn + offs_d[None, :] * skd,
                 mask=in_keys[:, None] & (offs_d[None, :] < E), other=0.0)               # [BLOCK_N, BLOCK_D]
-    v = tl.load(V + off_b * svb + off_hkv * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+    v = tl.load(V + off_b * svb + off_hkv * svh + k_rows[:, None] * svn + offs_dv[None, :] * svd,
                 mask=in_keys[:, None] & (offs_dv[None, :] < EV), other=0.0)             # [BLOCK_N, BLOCK_DV]
     seed = 0
     if HAS_DROPOUT:
@@ -143,28 +154,28 @@ def attention_bwd_dkdv_kernel(
     for g in range(0, GROUP):
         off_h = off_hkv * GROUP + g
         bh = off_b * H + off_h
-        Q_head = Q + off_b * sqb + off_h * sqh
-        DO_head = DO + off_b * sdob + off_h * sdoh
+        Q_head = Q + off_b * sqb + off_h * sqh + q_row0 * sqm
+        DO_head = DO + off_b * sdob + off_h * sdoh + q_row0 * sdom
         if USE_TMA:
-            Q_head = tl.make_tensor_descriptor(Q_head, shape=[L, E], strides=[sqm, 1],
+            Q_head = tl.make_tensor_descriptor(Q_head, shape=[Lq, E], strides=[sqm, 1],
                                                block_shape=[BLOCK_M, BLOCK_D])
-            DO_head = tl.make_tensor_descriptor(DO_head, shape=[L, EV], strides=[sdom, 1],
+            DO_head = tl.make_tensor_descriptor(DO_head, shape=[Lq, EV], strides=[sdom, 1],
                                                 block_shape=[BLOCK_M, BLOCK_DV])
-        Lse_head = Lse + bh * L
-        Delta_head = Delta + bh * L
+        Lse_head = Lse + off_b * slb + off_h * slh + q_row0
+        Delta_head = Delta + off_b * slb + off_h * slh + q_row0
         Mask_head = Mask + off_b * smb + off_h * smh
         # Query tiles in up to three runs: (causal) the tiles straddling the diagonal, with every test; the
         # whole tiles after them, with none; the last partial tile, with the bounds test.
-        whole = (L // BLOCK_M) * BLOCK_M
+        whole = (Lq // BLOCK_M) * BLOCK_M
         if IS_CAUSAL:
             # Rows i < start_n see none of these keys. Query tiles that start before start_n + BLOCK_N
             # straddle the diagonal; the ones after see every key of the tile.
             lo = (start_n // BLOCK_M) * BLOCK_M
-            diag_end = tl.minimum(lo + tl.cdiv(start_n + BLOCK_N - lo, BLOCK_M) * BLOCK_M, L)
+            diag_end = tl.minimum(lo + tl.cdiv(start_n + BLOCK_N - lo, BLOCK_M) * BLOCK_M, Lq)
             dk, dv = _dkdv_query_blocks(
                 dk, dv, k, v, Q_head, DO_head, Lse_head, Delta_head, Mask_head, seed, bh,
                 offs_n, offs_d, offs_dv, lo, diag_end,
-                sqm, sqd, sdom, sdod, smm, smn, L, S, E, EV, qk_scale, dropout_p, drop_scale,
+                sqm, sqd, sdom, sdod, smm, smn, Lq, Sk, L, S, E, EV, qk_scale, dropout_p, drop_scale,
                 MASK_KIND, True, True, HAS_DROPOUT, PRECISION, USE_TMA, PAD_D, BLOCK_M)
             start = diag_end
         else:
@@ -173,16 +184,16 @@ def attention_bwd_dkdv_kernel(
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, Q_head, DO_head, Lse_head, Delta_head, Mask_head, seed, bh,
             offs_n, offs_d, offs_dv, start, split,
-            sqm, sqd, sdom, sdod, smm, smn, L, S, E, EV, qk_scale, dropout_p, drop_scale,
+            sqm, sqd, sdom, sdod, smm, smn, Lq, Sk, L, S, E, EV, qk_scale, dropout_p, drop_scale,
             MASK_KIND, False, False, HAS_DROPOUT, PRECISION, USE_TMA, PAD_D, BLOCK_M)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, Q_head, DO_head, Lse_head, Delta_head, Mask_head, seed, bh,
-            offs_n, offs_d, offs_dv, split, L,
-            sqm, sqd, sdom, sdod, smm, smn, L, S, E, EV, qk_scale, dropout_p, drop_scale,
+            offs_n, offs_d, offs_dv, split, Lq,
+            sqm, sqd, sdom, sdod, smm, smn, Lq, Sk, L, S, E, EV, qk_scale, dropout_p, drop_scale,
             MASK_KIND, False, True, HAS_DROPOUT, PRECISION, USE_TMA, PAD_D, BLOCK_M)
 
     # 64-bit row offsets: a gradient laid out [B, S, Hkv, E] (heads interleaved) spans S * Hkv * E per head.
-    rows = offs_n.to(tl.int64)[:, None]
+    rows = (k_row0 + offs_n.to(tl.int64))[:, None]
     tl.store(DK + off_b * sdkb + off_hkv * sdkh + rows * sdkn + offs_d[None, :],
              (dk * sm_scale).to(DK.dtype.element_ty), mask=in_keys[:, None] & (offs_d[None, :] < E))
     tl.store(DV + off_b * sdvb + off_hkv * sdvh + rows * sdvn + offs_dv[None, :],
@@ -193,7 +204,7 @@ def attention_bwd_dkdv_kernel(
 def _dq_key_blocks(
     dq, q, do, lse2, delta, K_head, V_head, Mask_head, DMask_row, seed, bh,
     offs_m, offs_d, offs_dv, lo, hi,
-    skn, skd, svn, svd, smm, smn, L, S, E, EV, qk_scale, dropout_p, drop_scale,
+    skn, skd, svn, svd, smm, smn, L, S, DL, DS, E, EV, qk_scale, dropout_p, drop_scale,
     MASK_KIND: tl.constexpr, ON_DIAGONAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     HAS_DMASK: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -218,7 +229,7 @@ def _dq_key_blocks(
         p = tl.exp2(s - lse2[:, None])
         dp = tl.dot(do, vt, input_precision=PRECISION)
         if HAS_DROPOUT:
-            keep = dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], L, S, dropout_p)
+            keep = dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], DL, DS, dropout_p)
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if HAS_DMASK:
@@ -230,17 +241,18 @@ def _dq_key_blocks(
     return dq
 
 
-# Q, DO: [B, H, L, E|EV], K, V: [B, Hkv, S, E|EV], Mask: [B, H, L, S] view, Lse, Delta: [B, H, L] fp32
-# -> DQ: [B, H, L, E], unit last stride; DMask (HAS_DMASK): [B, H, L, S] fp32 contiguous, zero-initialised
-# (blocks above the causal diagonal are never written).  grid: (cdiv(L, BLOCK_M) * B * H,)
+# Q, DO: [B, H, L, E|EV], K, V: [B, Hkv, S, E|EV], Mask: [B, H, L, S] view, Lse, Delta: [B, H, L] fp32 (strides
+# slb, slh, 1) -> DQ: [B, H, L, E], unit last stride; DMask (HAS_DMASK): [B, H, L, S] fp32 contiguous,
+# zero-initialised (blocks above the causal diagonal are never written).  grid: (cdiv(L, BLOCK_M) * B * H,)
+# VARLEN: packed sequences, as in the dK/dV kernel.
 @triton.jit
 def attention_bwd_dq_kernel(
-    Q, K, V, Mask, Seed, DO, Lse, Delta, DQ, DMask,
+    Q, K, V, Mask, Seed, DO, Lse, Delta, DQ, DMask, CuQ, CuK,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-    smb, smh, smm, smn, sdob, sdoh, sdom, sdod, sdqb, sdqh, sdqm,
+    smb, smh, smm, smn, sdob, sdoh, sdom, sdod, slb, slh, sdqb, sdqh, sdqm,
     H, GROUP, L, S, E, EV, L_BUCKET, S_BUCKET, qk_scale, sm_scale, dropout_p, drop_scale,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_DMASK: tl.constexpr,
-    PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr,
+    VARLEN: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # The causal split falls on a query-tile boundary, which must also be a key-tile boundary.
@@ -250,23 +262,28 @@ def attention_bwd_dq_kernel(
     off_b = (bh // H).to(tl.int64)
     off_h = (bh % H).to(tl.int64)
     off_hkv = off_h // GROUP
+    q_row0, Lq, k_row0, Sk = sequence_rows(CuQ, CuK, off_b, L, S, VARLEN)
+    if VARLEN:
+        if start_m >= Lq:  # a tile past this sequence's end
+            return
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    in_rows = offs_m < L
-    q = tl.load(Q + off_b * sqb + off_h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+    in_rows = offs_m < Lq
+    q_rows = q_row0 + offs_m
+    q = tl.load(Q + off_b * sqb + off_h * sqh + q_rows[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=in_rows[:, None] & (offs_d[None, :] < E), other=0.0)              # [BLOCK_M, BLOCK_D]
-    do = tl.load(DO + off_b * sdob + off_h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
+    do = tl.load(DO + off_b * sdob + off_h * sdoh + q_rows[:, None] * sdom + offs_dv[None, :] * sdod,
                  mask=in_rows[:, None] & (offs_dv[None, :] < EV), other=0.0)          # [BLOCK_M, BLOCK_DV]
-    lse2 = tl.load(Lse + bh.to(tl.int64) * L + offs_m, mask=in_rows, other=0.0) * LOG2E_K
+    lse2 = tl.load(Lse + off_b * slb + off_h * slh + q_rows, mask=in_rows, other=0.0) * LOG2E_K
     lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)
-    delta = tl.load(Delta + bh.to(tl.int64) * L + offs_m, mask=in_rows, other=0.0)
-    K_head = K + off_b * skb + off_hkv * skh
-    V_head = V + off_b * svb + off_hkv * svh
+    delta = tl.load(Delta + off_b * slb + off_h * slh + q_rows, mask=in_rows, other=0.0)
+    K_head = K + off_b * skb + off_hkv * skh + k_row0 * skn
+    V_head = V + off_b * svb + off_hkv * svh + k_row0 * svn
     if USE_TMA:
-        K_head = tl.make_tensor_descriptor(K_head, shape=[S, E], strides=[skn, 1],
+        K_head = tl.make_tensor_descriptor(K_head, shape=[Sk, E], strides=[skn, 1],
                                            block_shape=[BLOCK_N, BLOCK_D])
-        V_head = tl.make_tensor_descriptor(V_head, shape=[S, EV], strides=[svn, 1],
+        V_head = tl.make_tensor_descriptor(V_head, shape=[Sk, EV], strides=[svn, 1],
                                            block_shape=[BLOCK_N, BLOCK_DV])
     Mask_head = Mask + off_b * smb + off_h * smh
     DMask_row = DMask + bh.to(tl.int64) * L * S
@@ -275,22 +292,23 @@ def attention_bwd_dq_kernel(
         seed = tl.load(Seed)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # Key tiles in two runs, as in the forward: whole visible tiles without tests, then the rest with them.
-    whole = (S // BLOCK_N) * BLOCK_N
+    whole = (Sk // BLOCK_N) * BLOCK_N
     if IS_CAUSAL:
-        split = tl.minimum(tl.minimum(start_m, S), whole)
-        hi = tl.minimum(start_m + BLOCK_M, S)
+        split = tl.minimum(tl.minimum(start_m, Sk), whole)
+        hi = tl.minimum(start_m + BLOCK_M, Sk)
     else:
         split = whole
-        hi = S
+        hi = Sk
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, K_head, V_head, Mask_head, DMask_row, seed, bh, offs_m, offs_d, offs_dv,
-        0, split, skn, skd, svn, svd, smm, smn, L, S, E, EV, qk_scale, dropout_p, drop_scale,
+        0, split, skn, skd, svn, svd, smm, smn, Lq, Sk, L, S, E, EV, qk_scale, dropout_p, drop_scale,
         MASK_KIND, False, False, HAS_DROPOUT, HAS_DMASK, PRECISION, USE_TMA, PAD_D, BLOCK_N)
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, K_head, V_head, Mask_head, DMask_row, seed, bh, offs_m, offs_d, offs_dv,
-        split, hi, skn, skd, svn, svd, smm, smn, L, S, E, EV, qk_scale, dropout_p, drop_scale,
+        split, hi, skn, skd, svn, svd, smm, smn, Lq, Sk, L, S, E, EV, qk_scale, dropout_p, drop_scale,
         MASK_KIND, IS_CAUSAL, True, HAS_DROPOUT, HAS_DMASK, PRECISION, USE_TMA, PAD_D, BLOCK_N)
-    tl.store(DQ + off_b * sdqb + off_h * sdqh + offs_m.to(tl.int64)[:, None] * sdqm + offs_d[None, :],
+    rows = q_row0 + offs_m.to(tl.int64)
+    tl.store(DQ + off_b * sdqb + off_h * sdqh + rows[:, None] * sdqm + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_rows[:, None] & (offs_d[None, :] < E))
 
 
@@ -320,40 +338,75 @@ def attention_backward(do, q, k, v, out, lse, mask, scale, is_causal, dropout_p,
     dq, dk, dv = (empty_in_layout(t, t.shape) for t in (q, k, v))  # the layouts of the caller's tensors
     do, q, k, v, out = (within_int32_rows(t) for t in (do, q, k, v, out))
     lse = lse.contiguous()  # indexed as [B*H, L] rows; the op's own lse is already
-    B, H, L, E = q.shape
-    Hkv, S, EV = k.shape[1], k.shape[2], v.shape[3]
+    B, H, L, _ = q.shape
+    S = k.shape[2]
     dmask = torch.zeros((B, H, L, S), device=q.device, dtype=torch.float32) if need_dmask else None
     if B * H * L * S == 0:
         dq.zero_(), dk.zero_(), dv.zero_()
         return dq, dk, dv, dmask
-    BLOCK_D, BLOCK_DV = next_pow2_at_least_16(E), next_pow2_at_least_16(EV)
-    interpret = INTERPRETING or q.device.type != "cuda"
+    delta = _delta(out, do, dlse)
+    _launch(do, q, k, v, lse, delta, mask, seed, dq, dk, dv, dmask, None, B, L, S, scale, is_causal, dropout_p)
+    return dq, dk, dv, dmask
 
-    delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
-    delta_block = 32 if interpret else 64
-    with device_guard(q.device):
-        attention_bwd_delta_kernel[(triton.cdiv(L, delta_block) * B * H,)](
-            out, do, delta, *out.stride(), *do.stride(), H, L, EV, BLOCK_M=delta_block, BLOCK_DV=BLOCK_DV
+
+# Packed sequences (see attention_fwd.attention_varlen_forward). do, q, out: [Nq, H, E|EV], k, v: [Nk, Hkv, E|EV],
+# lse, dlse: [H, Nq] fp32, cu_q, cu_k: [B + 1], max_q, max_k: the longest lengths -> (dq, dk, dv) contiguous.
+def attention_varlen_backward(do, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, is_causal, dropout_p, seed,
+                              dlse=None):
+    dq, dk, dv = (t.new_empty(t.shape) for t in (q, k, v))  # contiguous
+    B = cu_q.shape[0] - 1
+    if B * q.shape[1] * max_q * max_k == 0:  # no query or no key anywhere: every gradient is zero
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    do, q, out = (packed_rows_within_int32(t, max_q) for t in (do, q, out))
+    k, v = (packed_rows_within_int32(t, max_k) for t in (k, v))
+    do4, q4, k4, v4, out4, dq4, dk4, dv4 = (packed_as_heads(t) for t in (do, q, k, v, out, dq, dk, dv))
+    delta = _delta(out4, do4, None if dlse is None else dlse.unsqueeze(0)).squeeze(0)  # [H, Nq]
+    _launch(do4, q4, k4, v4, lse.contiguous(), delta, None, seed, dq4, dk4, dv4, None, (cu_q, cu_k), B, max_q,
+            max_k, scale, is_causal, dropout_p)
+    return dq, dk, dv
+
+
+def _delta(out, do, dlse):
+    # out, do: [B, H, L, EV] -> delta = rowsum(dO * O) [B, H, L] fp32 contiguous, less dlse where the lse has a
+    # gradient: d lse_i / d s_ij = P_ij, so it adds dlse_i * P_ij to dS = P * (dP - delta).
+    B, H, L, EV = out.shape
+    delta = torch.empty((B, H, L), device=out.device, dtype=torch.float32)
+    block = 32 if INTERPRETING or out.device.type != "cuda" else 64
+    with device_guard(out.device):
+        attention_bwd_delta_kernel[(triton.cdiv(L, block) * B * H,)](
+            out, do, delta, *out.stride(), *do.stride(), H, L, EV, BLOCK_M=block,
+            BLOCK_DV=next_pow2_at_least_16(EV),
         )
     if dlse is not None:
-        # d lse_i / d s_ij = P_ij, so an lse gradient adds dlse_i * P_ij to dS = P * (dP - delta): fold it in.
         delta.sub_(dlse)
+    return delta
 
+
+def _launch(do, q, k, v, lse, delta, mask, seed, dq, dk, dv, dmask, cu, B, L, S, scale, is_causal, dropout_p):
+    # do, q, k, v, dq, dk, dv: [B | 1, heads, rows, dim]; lse, delta: [B, H, L] or (cu: packed) [H, Nq], one
+    # layout; cu: None (dense) or (cu_q, cu_k); L, S: (longest) lengths
+    H, E = q.shape[1], q.shape[3]
+    Hkv, EV = k.shape[1], v.shape[3]
+    BLOCK_D, BLOCK_DV = next_pow2_at_least_16(E), next_pow2_at_least_16(EV)
+    interpret = INTERPRETING or q.device.type != "cuda"
+    lse_strides = (0, lse.stride(0)) if cu is not None else lse.stride()[:2]
+    cu_q, cu_k = cu if cu is not None else (q, q)
+    need_dmask = dmask is not None
     mask_ptr, mask_strides = mask_args(mask, q)
     has_dropout = dropout_p > 0.0
     seed_ptr = seed if has_dropout else q
-    strides = (*q.stride(), *k.stride(), *v.stride(), *mask_strides, *do.stride())
+    strides = (*q.stride(), *k.stride(), *v.stride(), *mask_strides, *do.stride(), *lse_strides)
     scalars = (
         H, H // Hkv, L, S, E, EV, length_bucket(L), length_bucket(S), scale * LOG2E, scale, dropout_p,
         0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p),
     )
     meta = dict(
-        MASK_KIND=mask_kind(mask, L, S), IS_CAUSAL=bool(is_causal), HAS_DROPOUT=has_dropout,
+        MASK_KIND=mask_kind(mask, L, S), IS_CAUSAL=bool(is_causal), HAS_DROPOUT=has_dropout, VARLEN=cu is not None,
         PRECISION=dot_precision(q.dtype), PAD_D=padded_head_dims(E, EV), BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV,
     )
-    dkdv_args = (q, k, v, mask_ptr, seed_ptr, do, lse, delta, dk, dv, *strides, *dk.stride()[:3],
+    dkdv_args = (q, k, v, mask_ptr, seed_ptr, do, lse, delta, dk, dv, cu_q, cu_k, *strides, *dk.stride()[:3],
                  *dv.stride()[:3], *scalars)
-    dq_args = (q, k, v, mask_ptr, seed_ptr, do, lse, delta, dq, dmask if need_dmask else q, *strides,
+    dq_args = (q, k, v, mask_ptr, seed_ptr, do, lse, delta, dq, dmask if need_dmask else q, cu_q, cu_k, *strides,
                *dq.stride()[:3], *scalars)
     dq_meta = dict(meta, HAS_DMASK=need_dmask)
     if interpret:
@@ -369,7 +422,6 @@ def attention_backward(do, q, k, v, out, lse, mask, scale, is_causal, dropout_p,
         dq_grid = lambda cfg: (triton.cdiv(L, cfg["BLOCK_M"]) * B * H,)  # noqa: E731
         launch_with_optional_tma(dkdv_kernel[dkdv_grid], dkdv_args, meta, (q, do))
         launch_with_optional_tma(dq_kernel[dq_grid], dq_args, dq_meta, (k, v))
-    return dq, dk, dv, dmask
 
 
-__all__ = ["attention_backward"]
+__all__ = ["attention_backward", "attention_varlen_backward"]

@@ -57,6 +57,19 @@ def tile_and_head(n_tiles, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def sequence_rows(CuQ, CuK, b, L, S, VARLEN: tl.constexpr):
+    """(first query row, query count, first key row, key count) of batch entry b. VARLEN: sequence b of packed
+    rows, from the cumulative lengths CuQ, CuK [B + 1]; otherwise the whole [L, S] of a dense head (literal
+    zeros, so the dense kernels keep their 32-bit row offsets)."""
+    if VARLEN:
+        q0 = tl.load(CuQ + b).to(tl.int64)
+        k0 = tl.load(CuK + b).to(tl.int64)
+        return q0, (tl.load(CuQ + b + 1) - q0).to(tl.int32), k0, (tl.load(CuK + b + 1) - k0).to(tl.int32)
+    else:
+        return 0, L, 0, S
+
+
+@triton.jit
 def load_tile(ptrs, rows_ok, cols_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
     """tl.load with only the bounds that can fail: an unmasked (or row-only masked) load stays vectorised,
     which a runtime `offs_d < E` test would prevent even when E fills the tile."""
@@ -211,7 +224,7 @@ SMEM_SM90 = 227 * 1024
 SMEM_DEFAULT = 160 * 1024
 
 AUTOTUNE_KEY = [
-    "L_BUCKET", "S_BUCKET", "BLOCK_D", "BLOCK_DV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "USE_TMA",
+    "L_BUCKET", "S_BUCKET", "BLOCK_D", "BLOCK_DV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "VARLEN", "USE_TMA",
 ]
 
 
@@ -243,17 +256,39 @@ def mask_kind(mask, L=0, S=0):
     return kind + MASK_WIDE if max(_head_span(mask), L * S) >= INT32_SPAN else kind
 
 
+def _contiguous_within_int32(t, span, too_large):
+    # t itself, or its contiguous copy, where span(t) (the largest offset the kernels take in 32 bits) < 2^31
+    if span(t) < INT32_SPAN:
+        return t
+    t = t.contiguous()
+    if span(t) >= INT32_SPAN:
+        raise InvalidArgumentError(too_large(t))
+    return t
+
+
 def within_int32_rows(t):
     """t [B, H, rows, cols] whose rows the kernels can address in 32 bits: a head's row offsets are int32, as
     64-bit ones cost registers (measured on sm90, bf16 D=128 forward: 205 -> 255 registers and a spill). A view
     whose rows lie further apart (one head of a [B, L, 64 heads x 128] buffer at L = 256K) is copied contiguous."""
-    if _head_span(t) < INT32_SPAN:
-        return t
-    t = t.contiguous()
-    if _head_span(t) >= INT32_SPAN:
-        raise InvalidArgumentError(f"seqops.attention: one head of shape {tuple(t.shape[-2:])} has 2^31 elements "
-                                   "or more, more than the kernels index")
-    return t
+    return _contiguous_within_int32(t, _head_span, lambda t: f"seqops.attention: one head of shape "
+                                    f"{tuple(t.shape[-2:])} has 2^31 elements or more, more than the kernels index")
+
+
+def packed_as_heads(t):
+    """[N, heads, dim] packed rows as a [1, heads, N, dim] view with batch stride 0: under VARLEN the kernels take
+    the program's batch index for a sequence (whose first row they add themselves), never for a batch offset."""
+    return t.as_strided((1, t.shape[1], t.shape[0], t.shape[2]), (0, t.stride(1), t.stride(0), t.stride(2)))
+
+
+def packed_rows_within_int32(t, longest):
+    """t [N, heads, dim] packed rows (of sequences at most `longest` long) whose offsets the kernels take in 32 bits
+    from a sequence's first row (which is 64-bit; 256 rows of slack for the last tile): copied contiguous where its
+    rows lie further apart."""
+    def span(x):
+        return (longest + 256) * abs(x.stride(0)) + sum((n - 1) * abs(st) for n, st in zip(x.shape[1:], x.stride()[1:]))
+
+    return _contiguous_within_int32(t, span, lambda t: f"seqops.attention_varlen: a sequence of {longest} rows of "
+                                    f"{tuple(t.shape[1:])} spans 2^31 elements or more, more than the kernels index")
 
 
 def mask_args(mask, like):

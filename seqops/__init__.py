@@ -11,6 +11,7 @@ from seqops.nn.multihead_attention import MultiheadAttention  # noqa: E402
 from seqops.nn.rnn import GRU, LSTM, RNN  # noqa: E402
 from seqops.ops import flops as _flops  # noqa: E402, F401  (FlopCounterMode formulas)
 from seqops.ops.attention import attention, attention_with_lse  # noqa: E402
+from seqops.ops.attention_varlen import attention_varlen, attention_varlen_with_lse  # noqa: E402
 from seqops.ops.gru_cell import gru_cell  # noqa: E402
 from seqops.ops.lstm_cell import lstm_cell  # noqa: E402
 from seqops.ops.rnn_cell import rnn_relu_cell, rnn_tanh_cell  # noqa: E402
@@ -21,7 +22,8 @@ __version__ = "0.1.0"
 __all__ = [
     "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "MultiheadAttention",
     "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell", "rnn_layer",
-    "attention", "attention_with_lse", "convert", "reference", "build_summary",
+    "attention", "attention_with_lse", "attention_varlen", "attention_varlen_with_lse",
+    "convert", "reference", "build_summary",
 ]
 
 

@@ -66,3 +66,30 @@ def check_fp32(q, k, v, attend=seqops.attention, **kwargs):
     for name, got, want in zip(("dq", "dk", "dv", "dmask"), grads, exact_grads):
         assert_close_fp32_grad(got, want, name)
     return out
+
+
+# Packed sequences (seqops.attention_varlen): [rows, heads, dim] tensors and [B + 1] cumulative lengths.
+
+
+def cumulative_lengths(lengths, device=None):
+    return torch.tensor([0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int32,
+                        device=device)
+
+
+def packed(lengths, heads, dim, dtype=torch.float32, device=None):
+    # Random normal rows of sequences of the given lengths, back to back (never zeros).
+    return torch.randn(sum(lengths), heads, dim, dtype=dtype, device=device).requires_grad_()
+
+
+def per_sequence_oracle(q, k, v, cu_q, cu_k, grad_out, dtype=torch.float64, keep=None, **kwargs):
+    """(out, grads of q, k, v) of the reference run sequence by sequence in `dtype` on detached copies; keep: the
+    materialised [B, H, max_q, max_k] dropout mask, sliced per sequence."""
+    leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    cu_q, cu_k = cu_q.tolist(), cu_k.tolist()
+    outs = []
+    for b, (q0, q1, k0, k1) in enumerate(zip(cu_q, cu_q[1:], cu_k, cu_k[1:])):
+        qb, kb, vb = (t[lo:hi].transpose(0, 1) for t, lo, hi in zip(leaves, (q0, k0, k0), (q1, k1, k1)))
+        mask_b = keep[b, :, : q1 - q0, : k1 - k0] if keep is not None else None
+        outs.append(reference.attention(qb, kb, vb, dropout_mask=mask_b, **kwargs).transpose(0, 1))
+    out = torch.cat(outs, 0)
+    return out, torch.autograd.grad(out, leaves, grad_out.to(dtype))

@@ -88,13 +88,21 @@ def launches(case):
     dtype = getattr(torch, case["dtype"])
     E, EV = case["E"], case.get("EV", case["E"])
     causal, dropout, mask = case.get("causal", False), case.get("dropout", 0.0), case.get("mask")
-    q, k, v, m = inputs(2, 4, 2, 512, 512, E, EV, dtype, mask)
     seed = torch.tensor([1234], dtype=torch.int64)
     captured.clear()
-    attention_fwd.attention_forward(q, k, v, m, E**-0.5, causal, dropout, seed)
-    out, do = (torch.randn(2, 4, 512, EV, dtype=dtype) for _ in range(2))
-    lse = torch.randn(2, 4, 512)
-    attention_bwd.attention_backward(do, q, k, v, out, lse, m, E**-0.5, causal, dropout, seed, mask == "float")
+    if case.get("varlen"):  # packed sequences of 300 and 212 rows
+        cu = torch.tensor([0, 300, 512], dtype=torch.int32)
+        q, k, v = (torch.randn(512, h, d, dtype=dtype) for h, d in ((4, E), (2, E), (2, EV)))
+        attention_fwd.attention_varlen_forward(q, k, v, cu, cu, 300, 300, E**-0.5, causal, dropout, seed)
+        out, do = (torch.randn(512, 4, EV, dtype=dtype) for _ in range(2))
+        attention_bwd.attention_varlen_backward(do, q, k, v, out, torch.randn(4, 512), cu, cu, 300, 300, E**-0.5,
+                                                causal, dropout, seed)
+    else:
+        q, k, v, m = inputs(2, 4, 2, 512, 512, E, EV, dtype, mask)
+        attention_fwd.attention_forward(q, k, v, m, E**-0.5, causal, dropout, seed)
+        out, do = (torch.randn(2, 4, 512, EV, dtype=dtype) for _ in range(2))
+        lse = torch.randn(2, 4, 512)
+        attention_bwd.attention_backward(do, q, k, v, out, lse, m, E**-0.5, causal, dropout, seed, mask == "float")
     (fwd_args, fwd_meta), (delta_args, delta_meta), (dkdv_args, dkdv_meta), (dq_args, dq_meta) = captured
     return [
         ("delta", delta_kernel, None, delta_args, delta_meta),

@@ -30,6 +30,8 @@ FIRST_CONFIG_CASES = [
     {"dtype": "bfloat16", "E": 256},
     {"dtype": "float32", "E": 64, "mask": "float", "dropout": 0.1},
     {"dtype": "float32", "E": 128, "causal": True},
+    {"dtype": "bfloat16", "E": 128, "varlen": True, "causal": True, "dropout": 0.1},  # packed sequences
+    {"dtype": "float32", "E": 64, "varlen": True},
 ]
 # Every configuration autotuning tries, at the common shape.
 ALL_CONFIG_CASES = [{"dtype": "bfloat16", "E": 128}]
@@ -49,7 +51,7 @@ def builds():
 
 
 def _name(row):
-    keys = ("dtype", "E", "EV", "mask", "causal", "dropout", "kernel", "config", "tma")
+    keys = ("dtype", "E", "EV", "varlen", "mask", "causal", "dropout", "kernel", "config", "tma")
     return " ".join(f"{k}={row[k]}" for k in keys if k in row)
 
 
@@ -62,6 +64,8 @@ def test_every_kernel_builds_for_sm90(builds):
         assert ("float32", kernel, True) not in built
     assert ("bfloat16", "delta", None) in built
     assert len({tuple(row["config"]) for row in builds if row["kernel"] == "dkdv"}) >= 4
+    assert {(kernel, tma) for kernel in ("fwd", "dkdv", "dq") for tma in (False, True)} <= {
+        (row["kernel"], row["tma"]) for row in builds if row.get("varlen")}
 
 
 def test_every_configuration_fits_sm90_shared_memory(builds):

@@ -88,11 +88,18 @@ def _reference_forward(q, k, v, mask, seed, scale, is_causal, dropout_p):
 
 
 def _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_causal, dropout_p):
-    # Explicit flash-attention backward formulas in float32 (float64 for float64), probabilities recomputed.
-    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     B, H, L, _ = q.shape
+    keep = attention_dropout_mask(seed, B, H, L, k.shape[2], dropout_p) if dropout_p > 0 else None
+    return reference_grads(dout, dlse, q, k, v, mask, keep, out, lse, scale, is_causal, dropout_p)
+
+
+def reference_grads(dout, dlse, q, k, v, mask, keep, out, lse, scale, is_causal, dropout_p):
+    """Explicit flash-attention backward formulas in float32 (float64 for float64), probabilities recomputed;
+    keep: the [B, H, L, S] dropout keep-mask (None without dropout) -> (dq, dk, dv, dS)."""
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    L = q.shape[2]
     Hkv, S = k.shape[1], k.shape[2]
-    group = H // Hkv
+    group = q.shape[1] // Hkv
     qc, doc = q.to(ct), dout.to(ct)
     kc, vc = k.to(ct).repeat_interleave(group, 1), v.to(ct).repeat_interleave(group, 1)
     scores = (qc @ kc.transpose(-2, -1)) * scale
@@ -108,7 +115,7 @@ def _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_cau
     p = torch.exp(scores - torch.where(torch.isneginf(lse_c), torch.zeros_like(lse_c), lse_c)[..., None])
     dp = doc @ vc.transpose(-2, -1)
     if dropout_p > 0:
-        keep = attention_dropout_mask(seed, B, H, L, S, dropout_p).to(ct)
+        keep = keep.to(ct)
         drop_scale = 0.0 if dropout_p >= 1 else 1.0 / (1.0 - dropout_p)
         p_dropped, dp = p * keep * drop_scale, dp * keep * drop_scale
     else:
@@ -423,11 +430,18 @@ def _attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, ena
     return out.reshape(out_shape), lse.reshape(out_shape[:-1])
 
 
+def _any_nested(*tensors):
+    return any(isinstance(t, torch.Tensor) and t.is_nested for t in tensors)
+
+
 def attention_with_lse(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
                        enable_gqa=False):
     """Like :func:`attention`, returning ``(out, lse)``: ``lse[..., i]`` is the natural log-sum-exp of query
     row i's scaled, masked scores (``-inf`` where every key is masked), float32 (float64 for float64
     inputs). Both outputs are differentiable."""
+    if _any_nested(query, key, value):
+        raise InvalidArgumentError("attention_with_lse: nested tensors are not supported; use "
+                                   "seqops.attention_varlen_with_lse on their packed values")
     args = _prepared(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     query, key, value, attn_mask, scale = args
     return _attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
@@ -442,7 +456,12 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     float (added to the scores), broadcastable to (..., L, S). ``is_causal``: upper-left aligned tril mask.
     ``scale`` defaults to 1/sqrt(E). Dropout uses torch's RNG of the device. Returns (..., L, Ev).
     On CPU tensors where SDPA itself runs PyTorch's CPU flash kernel, this is SDPA (see _sdpa_runs_cpu_flash).
+    Jagged nested tensors [B, H, j, E] run the packed-sequence kernels (attention_varlen.jagged_attention).
     """
+    if _any_nested(query, key, value):
+        from seqops.ops.attention_varlen import jagged_attention
+
+        return jagged_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     query, key, value, attn_mask, scale = _prepared(query, key, value, attn_mask, dropout_p, is_causal, scale,
                                                     enable_gqa)
     if onnx_export.exporting():

@@ -52,7 +52,11 @@ def check_backward_args(op, dout, dlse, q, k, v, mask, seed, out, lse, dropout_p
     """The forward's arguments as above; dout and out [B, H, L, Ev] in q's dtype; lse (and dlse) [B, H, L]."""
     check_forward_args(op, q, k, v, mask, seed, dropout_p)
     B, H, L, _ = q.shape
-    out_shape, lse_shape = (B, H, L, v.shape[-1]), (B, H, L)
+    check_backward_tensors(op, q, dout, dlse, out, lse, (B, H, L, v.shape[-1]), (B, H, L))
+
+
+def check_backward_tensors(op, q, dout, dlse, out, lse, out_shape, lse_shape):
+    """dout and out of out_shape in q's dtype, lse (and dlse, if given) of lse_shape, all floating, on q's device."""
     for name, t, shape in (("dout", dout, out_shape), ("out", out, out_shape), ("lse", lse, lse_shape),
                            ("dlse", dlse, lse_shape)):
         if t is None:

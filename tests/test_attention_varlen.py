@@ -1,0 +1,309 @@
+"""Attention over packed sequences (seqops.attention_varlen) and over jagged nested tensors (seqops.attention):
+forward and every gradient vs the float64 reference run one sequence at a time and vs F.scaled_dot_product_attention
+on nested tensors; dropout; opcheck, gradcheck, torch.compile; bad inputs.
+
+Without a GPU the Triton kernels run in the interpreter (tests/conftest.py); make test runs this module again on
+the CPU route (the reference), and a GPU machine again on CUDA tensors (the `each_device` fixture).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from attention_checks import assert_close_fp32_grad, assert_flash_rule, cumulative_lengths, packed, per_sequence_oracle
+
+import seqops
+from seqops.ops.attention import _draw_seed, attention_dropout_mask
+from seqops.ops.errors import InvalidArgumentError, InvalidDtypeError
+
+pytestmark = pytest.mark.usefixtures("each_device")
+
+
+def _check_fp32(lengths_q, lengths_k, heads=(2, 2), dims=(16, 16), **kwargs):
+    (hq, hkv), (E, Ev) = heads, dims
+    q, k, v = packed(lengths_q, hq, E), packed(lengths_k, hkv, E), packed(lengths_k, hkv, Ev)
+    cu_q, cu_k = cumulative_lengths(lengths_q), cumulative_lengths(lengths_k)
+    out = seqops.attention_varlen(q, k, v, cu_q, cu_k, enable_gqa=hq != hkv, **kwargs)
+    assert out.shape == (sum(lengths_q), hq, Ev) and out.dtype == q.dtype
+    grad_out = torch.randn_like(out)
+    exact, exact_grads = per_sequence_oracle(q, k, v, cu_q, cu_k, grad_out, enable_gqa=hq != hkv, **kwargs)
+    torch.testing.assert_close(out, exact.float())
+    for name, got, want in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), grad_out), exact_grads):
+        assert_close_fp32_grad(got, want, name)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("lengths_q,lengths_k", [
+    ([17], [17]),                    # one sequence
+    ([5, 37, 1, 17], [5, 37, 1, 17]),  # self-attention, odd lengths, several query tiles
+    ([9, 3, 40], [20, 33, 2]),       # cross-attention, L != S per sequence
+    ([0, 7, 0, 12], [4, 7, 3, 0]),   # empty queries; a sequence with queries and no keys (zeros)
+])
+def test_matches_the_per_sequence_reference_fp32(lengths_q, lengths_k, is_causal):
+    _check_fp32(lengths_q, lengths_k, is_causal=is_causal)
+
+
+@pytest.mark.parametrize("E,Ev", [(40, 40), (64, 24), (80, 80), (128, 128)])
+def test_head_dims_fp32(E, Ev):
+    _check_fp32([11, 26], [19, 8], dims=(E, Ev))
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 2), (3, 1)])
+def test_grouped_query_heads(hq, hkv):
+    _check_fp32([13, 30], [21, 9], heads=(hq, hkv), is_causal=True)
+
+
+def test_scale():
+    _check_fp32([12, 19], [15, 7], scale=0.21)
+
+
+def test_lse_and_its_gradient():
+    lengths_q, lengths_k = [6, 21, 4], [14, 0, 9]
+    q, k, v = packed(lengths_q, 2, 16), packed(lengths_k, 2, 16), packed(lengths_k, 2, 16)
+    cu_q, cu_k = cumulative_lengths(lengths_q), cumulative_lengths(lengths_k)
+    out, lse = seqops.attention_varlen_with_lse(q, k, v, cu_q, cu_k)
+    assert lse.shape == (2, 31) and lse.dtype == torch.float32
+    rows = 0
+    for lq, lk, (q0, k0) in zip(lengths_q, lengths_k, zip(cu_q.tolist(), cu_k.tolist())):
+        scores = q[q0:q0 + lq].detach().transpose(0, 1) @ k[k0:k0 + lk].detach().transpose(0, 1).transpose(1, 2)
+        torch.testing.assert_close(lse[:, rows:rows + lq], torch.logsumexp(scores * 16 ** -0.5, -1))
+        rows += lq
+    assert torch.isneginf(lse[:, 6:27]).all()  # the sequence without keys
+    # d lse / d q through the kernels' backward: lse's gradient folded into delta (finite rows only)
+    g = torch.where(torch.isfinite(lse), torch.randn_like(lse), 0.0)
+    got = torch.autograd.grad((lse * g).sum(), (q, k, v), allow_unused=True, materialize_grads=True)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref_lse = []
+    for lq, lk, (q0, k0) in zip(lengths_q, lengths_k, zip(cu_q.tolist(), cu_k.tolist())):
+        s = qd[q0:q0 + lq].transpose(0, 1) @ kd[k0:k0 + lk].transpose(0, 1).transpose(1, 2) * 16 ** -0.5
+        ref_lse.append(torch.logsumexp(s, -1) if lk else torch.zeros(2, lq, dtype=torch.float64))
+    want = torch.autograd.grad((torch.cat(ref_lse, 1) * g.double()).sum(), (qd, kd, vd), allow_unused=True,
+                               materialize_grads=True)
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert_close_fp32_grad(a, b, name)
+
+
+def test_fp16_flash_rule():
+    lengths_q, lengths_k = [23, 9, 40], [31, 17, 12]
+    q, k, v = (packed(n, 2, 64, torch.float16) for n in (lengths_q, lengths_k, lengths_k))
+    cu_q, cu_k = cumulative_lengths(lengths_q), cumulative_lengths(lengths_k)
+    out = seqops.attention_varlen(q, k, v, cu_q, cu_k, is_causal=True)
+    grad_out = torch.randn_like(out)
+    exact, exact_grads = per_sequence_oracle(q, k, v, cu_q, cu_k, grad_out, is_causal=True)
+    low, low_grads = per_sequence_oracle(q, k, v, cu_q, cu_k, grad_out, dtype=torch.float16, is_causal=True)
+    assert_flash_rule(out, low, exact, "out")
+    for name, got, base, want in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), grad_out), low_grads,
+                                     exact_grads):
+        assert_flash_rule(got, base, want, name)
+
+
+def test_dropout_matches_the_reference_with_the_materialised_mask_and_is_reproducible():
+    p, lengths_q, lengths_k = 0.3, [7, 20, 13], [18, 5, 26]
+    q, k, v = packed(lengths_q, 2, 16), packed(lengths_k, 2, 16), packed(lengths_k, 2, 16)
+    cu_q, cu_k = cumulative_lengths(lengths_q), cumulative_lengths(lengths_k)
+    torch.manual_seed(3)
+    out = seqops.attention_varlen(q, k, v, cu_q, cu_k, dropout_p=p, is_causal=True)
+    torch.manual_seed(3)
+    again = seqops.attention_varlen(q, k, v, cu_q, cu_k, dropout_p=p, is_causal=True)
+    assert torch.equal(out, again)
+    assert not torch.equal(out, seqops.attention_varlen(q, k, v, cu_q, cu_k, dropout_p=p, is_causal=True))
+    torch.manual_seed(3)
+    keep = attention_dropout_mask(_draw_seed(q.device), 3, 2, max(lengths_q), max(lengths_k), p)  # the op's draw
+    grad_out = torch.randn_like(out)
+    exact, exact_grads = per_sequence_oracle(q, k, v, cu_q, cu_k, grad_out, keep=keep, dropout_p=p, is_causal=True)
+    torch.testing.assert_close(out, exact.float())
+    for name, got, want in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), grad_out), exact_grads):
+        assert_close_fp32_grad(got, want, name)
+
+
+def test_non_contiguous_packed_inputs():
+    lengths = [9, 14]
+    qkv = torch.randn(23, 3, 2, 16, requires_grad=True)  # a fused projection's [rows, (q, k, v), heads, dim]
+    q, k, v = qkv.unbind(1)
+    cu = cumulative_lengths(lengths)
+    out = seqops.attention_varlen(q, k, v, cu, cu, is_causal=True)
+    dense = seqops.attention_varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, is_causal=True)
+    torch.testing.assert_close(out, dense)
+    out.sum().backward()
+    assert qkv.grad.abs().sum() > 0
+
+
+def test_cumulative_lengths_on_the_host_and_as_lists_work():
+    lengths = [6, 11]
+    q, k, v = packed(lengths, 2, 16), packed(lengths, 2, 16), packed(lengths, 2, 16)
+    cu = cumulative_lengths(lengths)
+    ours = seqops.attention_varlen(q, k, v, [0, 6, 17], cu.cpu().long())
+    torch.testing.assert_close(ours, seqops.attention_varlen(q, k, v, cu, cu))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Jagged nested tensors through seqops.attention, as SDPA takes them.
+
+
+def _jagged(lengths, heads, dim, offsets=None):
+    if offsets is not None:
+        values = torch.randn(int(offsets[-1]), heads, dim)
+        return torch.nested.nested_tensor_from_jagged(values, offsets).requires_grad_()
+    return torch.nested.nested_tensor([torch.randn(n, heads, dim) for n in lengths], layout=torch.jagged,
+                                      requires_grad=True)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")  # SDPA's math path
+def test_jagged_nested_tensors_match_sdpa_forward_and_grads():
+    # [B, j, H, E] nested tensors transposed to [B, H, j, E], SDPA's layout for them.
+    qn = _jagged([5, 19, 3], 2, 16)
+    kn = _jagged([7, 4, 26], 2, 16)
+    vn = _jagged(None, 2, 24, offsets=kn.offsets())
+    q, k, v = (t.transpose(1, 2) for t in (qn, kn, vn))
+    ours = seqops.attention(q, k, v, scale=0.3)
+    theirs = F.scaled_dot_product_attention(q, k, v, scale=0.3)
+    assert ours.is_nested and ours.shape[:2] == (3, 2) and ours.shape[3] == 24 and ours._ragged_idx == 2
+    assert ours.shape[2] == q.shape[2]  # the query's ragged structure: adds to a tensor shaped like the query's
+    torch.testing.assert_close(ours.values(), theirs.values())
+    grad = torch.randn_like(ours.values())
+    for a, b in zip(torch.autograd.grad(ours.values(), (qn, kn, vn), grad),
+                    torch.autograd.grad(theirs.values(), (qn, kn, vn), grad)):
+        torch.testing.assert_close(a.values(), b.values())
+
+
+def test_jagged_causal_is_per_sequence_upper_left():
+    # SDPA's CPU path for nested tensors has no causal mode; each sequence against dense SDPA instead.
+    lengths = [6, 21, 1]
+    qn, kn, vn = (_jagged(lengths, 2, 16) for _ in range(3))
+    vn = _jagged(None, 2, 16, offsets=kn.offsets())
+    ours = seqops.attention(qn.transpose(1, 2), kn.transpose(1, 2), vn.transpose(1, 2), is_causal=True)
+    for o, q, k, v in zip(ours.unbind(), qn.unbind(), kn.unbind(), vn.unbind()):
+        want = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                              is_causal=True)
+        torch.testing.assert_close(o, want)
+
+
+def test_jagged_ragged_second_batch_dim_runs_dense_attention():
+    # Ragged along dim 1 of [B, j, L, E]: SDPA treats j as a batch dim and so do we.
+    values = [torch.randn(n, 5, 8) for n in (2, 3)]
+    q, k, v = (torch.nested.nested_tensor(values, layout=torch.jagged) for _ in range(3))
+    ours = seqops.attention(q, k, v, is_causal=True)
+    theirs = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(ours.values(), theirs.values())
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
+def test_jagged_bad_inputs_raise_clearly():
+    qn, kn = _jagged([4, 6], 2, 8), _jagged([3, 5], 2, 8)
+    q, k = qn.transpose(1, 2), kn.transpose(1, 2)
+    with pytest.raises(InvalidArgumentError, match="attn_mask"):
+        seqops.attention(q, k, k, attn_mask=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(InvalidArgumentError, match="all be nested tensors of the jagged layout"):
+        seqops.attention(q, torch.randn(2, 2, 5, 8), k)
+    strided = torch.nested.nested_tensor([torch.randn(2, 4, 8), torch.randn(2, 6, 8)])
+    with pytest.raises(InvalidArgumentError, match="strided nested tensors are not supported"):
+        seqops.attention(strided, strided, strided)
+    with pytest.raises(InvalidArgumentError, match="ragged along one dim"):
+        seqops.attention(q, k, kn)
+    with pytest.raises(InvalidArgumentError, match="batch sizes differ"):
+        three = _jagged([3, 5, 2], 2, 8).transpose(1, 2)
+        seqops.attention(q, three, three)
+    with pytest.raises(InvalidArgumentError, match="same lengths"):
+        other = _jagged([5, 3], 2, 8).transpose(1, 2)
+        seqops.attention(q, k, other)
+    with pytest.raises(InvalidArgumentError, match="nested tensors are not supported"):
+        seqops.attention_with_lse(q, k, k)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registration: opcheck, gradcheck, compile.
+
+
+def _op_args(dropout=0.0, dtype=torch.float32):
+    lengths_q, lengths_k = [3, 0, 9], [5, 2, 4]
+    q, k, v = packed(lengths_q, 2, 16, dtype), packed(lengths_k, 1, 16, dtype), packed(lengths_k, 1, 8, dtype)
+    seed = torch.tensor([9], dtype=torch.int64) if dropout else None
+    return (q, k, v, cumulative_lengths(lengths_q), cumulative_lengths(lengths_k).long(), seed, 0.4, True, dropout)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_opcheck_forward(dropout):
+    torch.library.opcheck(torch.ops.seqops.attention_varlen_fwd.default, _op_args(dropout))
+
+
+def test_opcheck_backward():
+    q, k, v, cu_q, cu_k, seed, scale, causal, p = _op_args()
+    out, lse = torch.ops.seqops.attention_varlen_fwd(q, k, v, cu_q, cu_k, seed, scale, causal, p)
+    args = (torch.randn_like(out), torch.randn_like(lse), q.detach(), k.detach(), v.detach(), cu_q, cu_k, seed,
+            out.detach(), lse.detach(), scale, causal, p)
+    torch.library.opcheck(torch.ops.seqops.attention_varlen_bwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_gradcheck_float64_and_double_backward():
+    q, k, v, cu_q, cu_k, _, scale, causal, _ = _op_args(dtype=torch.float64)
+    lse_rows = torch.isfinite(seqops.attention_varlen_with_lse(q, k, v, cu_q, cu_k, enable_gqa=True)[1])
+
+    def f(q, k, v):
+        out, lse = seqops.attention_varlen_with_lse(q, k, v, cu_q, cu_k, is_causal=causal, scale=scale,
+                                                    enable_gqa=True)
+        return out, torch.where(lse_rows, lse, 0.0)
+
+    torch.autograd.gradcheck(f, (q, k, v))
+    torch.autograd.gradgradcheck(lambda *t: f(*t)[0], (q, k, v))
+
+
+@pytest.mark.compile
+def test_compile_fullgraph_forward_and_backward():
+    lengths = [5, 12]
+    q, k, v = packed(lengths, 2, 16), packed(lengths, 2, 16), packed(lengths, 2, 16)
+    cu = cumulative_lengths(lengths)
+    compiled = torch.compile(seqops.attention_varlen, fullgraph=True, dynamic=False)
+    out = compiled(q, k, v, cu, cu, is_causal=True)
+    eager = seqops.attention_varlen(q, k, v, cu, cu, is_causal=True)
+    torch.testing.assert_close(out, eager)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(eager, (q, k, v), grad)):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad inputs of attention_varlen and of the ops called directly.
+
+
+@pytest.mark.parametrize("cu_q,message", [
+    ([1, 4, 9], "must start at 0"),
+    ([0, 4, 8], "must end at the row count 9"),
+    ([0, 6, 4, 9], "different batch sizes"),
+    ([0, 10, 9], "must not decrease"),
+])
+def test_bad_cumulative_lengths_raise(cu_q, message):
+    q, k = packed([4, 5], 2, 8), packed([3, 5], 2, 8)
+    with pytest.raises(InvalidArgumentError, match=message):
+        seqops.attention_varlen(q, k, k, torch.tensor(cu_q), cumulative_lengths([3, 5]))
+
+
+def test_bad_shapes_and_dtypes_raise():
+    q, k = packed([4, 5], 2, 8), packed([3, 5], 2, 8)
+    cu_q, cu_k = cumulative_lengths([4, 5]), cumulative_lengths([3, 5])
+    with pytest.raises(InvalidArgumentError, match="3-D"):
+        seqops.attention_varlen(q[None], k, k, cu_q, cu_k)
+    with pytest.raises(InvalidDtypeError, match="int32 or int64"):
+        seqops.attention_varlen(q, k, k, cu_q.float(), cu_k)
+    with pytest.raises(InvalidDtypeError, match="one floating dtype"):
+        seqops.attention_varlen(q, k.double(), k, cu_q, cu_k)
+    with pytest.raises(InvalidArgumentError, match="head dims differ"):
+        seqops.attention_varlen(q, k[..., :4], k, cu_q, cu_k)
+    with pytest.raises(InvalidArgumentError, match="enable_gqa"):
+        seqops.attention_varlen(q, k[:, :1], k[:, :1], cu_q, cu_k)
+    with pytest.raises(InvalidArgumentError, match="dividing"):
+        seqops.attention_varlen(packed([4, 5], 3, 8), k, k, cu_q, cu_k, enable_gqa=True)
+    with pytest.raises(InvalidArgumentError, match="row counts differ"):
+        seqops.attention_varlen(q, k, k[:7], cu_q, cu_k)
+    with pytest.raises(InvalidArgumentError, match="dropout_p"):
+        seqops.attention_varlen(q, k, k, cu_q, cu_k, dropout_p=1.5)
+    with pytest.raises(InvalidArgumentError, match="1-D"):
+        seqops.attention_varlen(q, k, k, cu_q[None], cu_k)
+
+
+def test_nan_propagates_to_its_own_sequence_only():
+    lengths = [6, 9]
+    q, k, v = (packed(lengths, 2, 16).detach() for _ in range(3))
+    k[2, 0, 3] = float("nan")  # a key of sequence 0, head 0
+    out = seqops.attention_varlen(q, k, v, cumulative_lengths(lengths), cumulative_lengths(lengths))
+    assert torch.isnan(out[:6, 0]).all()
+    assert torch.isfinite(out[:6, 1]).all() and torch.isfinite(out[6:]).all()
