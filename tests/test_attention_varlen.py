@@ -307,3 +307,35 @@ def test_nan_propagates_to_its_own_sequence_only():
     out = seqops.attention_varlen(q, k, v, cumulative_lengths(lengths), cumulative_lengths(lengths))
     assert torch.isnan(out[:6, 0]).all()
     assert torch.isfinite(out[:6, 1]).all() and torch.isfinite(out[6:]).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The route without the kernels (the CPU without the interpreter), called directly: whatever TRITON_INTERPRET says.
+
+
+def test_cpu_route_takes_the_cpu_flash_kernel_where_it_applies_and_agrees_with_the_reference(monkeypatch):
+    if torch.get_default_device().type != "cpu":
+        pytest.skip("the route of CPU tensors")  # each_device's CUDA run: the kernels are tested above
+    from seqops.ops import attention_cpu, attention_varlen_cpu
+    from seqops.ops.attention_varlen_checks import sequence_bounds
+
+    calls = []
+    for name in ("forward", "backward"):
+        real = getattr(attention_cpu, name)
+        monkeypatch.setattr(attention_cpu, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    lengths_q, lengths_k = [7, 0, 30, 12], [9, 4, 21, 0]
+    q, k, v = packed(lengths_q, 4, 16).detach(), packed(lengths_k, 2, 16).detach(), packed(lengths_k, 2, 16).detach()
+    bounds, _, _ = sequence_bounds("test", cumulative_lengths(lengths_q), cumulative_lengths(lengths_k), 49, 34)
+    out, lse = attention_varlen_cpu.forward(q, k, v, bounds, None, 0.25, True, 0.0)
+    assert calls == ["forward", "forward"]  # the two sequences with queries and keys
+    want, want_lse = attention_varlen_cpu.forward(q, k, v, bounds, None, 0.25, True, 0.0, differentiable=True)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(lse, want_lse)
+    dout = torch.randn_like(out)
+    grads = attention_varlen_cpu.backward(dout, None, q, k, v, bounds, None, out, lse, 0.25, True, 0.0)
+    assert calls.count("backward") == 2
+    reference = attention_varlen_cpu.backward(dout, torch.zeros_like(lse), q, k, v, bounds, None, out, lse, 0.25,
+                                              True, 0.0)  # an lse gradient keeps the reference formulas
+    assert calls.count("backward") == 2
+    for got, wanted in zip(grads, reference):
+        torch.testing.assert_close(got, wanted)

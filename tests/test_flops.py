@@ -32,6 +32,21 @@ def test_attention_counts_sdpa_s_formulas(gqa):
     assert total - forward == 5 * (2 * B * H * L * S * E)  # scores recomputed, dP, dV, dQ, dK
 
 
+def test_packed_sequences_count_each_sequence():
+    # As the counter does for SDPA on nested tensors: each sequence's own L x S scores, no padding.
+    lengths_q, lengths_k, H, E, EV = [5, 0, 12], [7, 3, 9], 4, 16, 8
+    q = torch.randn(sum(lengths_q), H, E, requires_grad=True)
+    k = torch.randn(sum(lengths_k), 2, E, requires_grad=True)
+    v = torch.randn(sum(lengths_k), 2, EV, requires_grad=True)
+    cu_q, cu_k = (torch.tensor([0, *torch.tensor(n).cumsum(0).tolist()]) for n in (lengths_q, lengths_k))
+    pairs = sum(lq * lk for lq, lk in zip(lengths_q, lengths_k))
+    forward = 2 * H * pairs * (E + EV)
+    attend = lambda: seqops.attention_varlen(q, k, v, cu_q, cu_k, enable_gqa=True)  # noqa: E731
+    assert _count(attend) == forward
+    backward = 2 * H * pairs * (3 * E + 2 * EV)  # scores, dQ and dK over E; dP and dV over Ev
+    assert _count(lambda: attend().sum().backward()) == forward + backward
+
+
 def test_rnn_layers_and_cells_count_their_gemms():
     T, B, I, H = 6, 3, 4, 5
     x = torch.randn(T, B, I, requires_grad=True)

@@ -15,71 +15,15 @@ one is an error instead of an out-of-bounds access, and to size the launch grid 
 import torch
 from torch import Tensor
 
+from seqops.ops import attention_varlen_cpu
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd
-from seqops.ops.attention import (
-    _autocast,
-    _draw_seed,
-    _lse_dtype,
-    _runs_kernels,
-    _scale_value,
-    attention_dropout_mask,
-    reference_grads,
-)
+from seqops.ops.attention import _autocast, _draw_seed, _lse_dtype, _runs_kernels, _scale_value
 from seqops.ops.attention_varlen_checks import check_varlen_backward_args, check_varlen_forward_args, sequence_bounds
 from seqops.ops.errors import InvalidArgumentError
-from seqops.reference.attention import attention_with_lse as reference_attention_with_lse
 
 __all__ = ["attention_varlen", "attention_varlen_with_lse", "jagged_attention"]
 
 _ops = torch.ops.seqops
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The reference path (no Triton, float64, head dims > 256) and the double backward: one sequence at a time.
-
-
-def _reference_varlen(q, k, v, bounds, seed, scale, is_causal, dropout_p):
-    # q [Nq, H, E], k [Nk, Hkv, E], v [Nk, Hkv, Ev]; bounds: per sequence (q0, q1, k0, k1) on the host
-    # -> out [Nq, H, Ev] in q.dtype, lse [H, Nq] (differentiable)
-    H = q.shape[1]
-    keep = _dropout_keep(seed, bounds, H, dropout_p)
-    outs, lses = [], []
-    for b, (q0, q1, k0, k1) in enumerate(bounds):
-        qb, kb, vb = q[q0:q1].transpose(0, 1), k[k0:k1].transpose(0, 1), v[k0:k1].transpose(0, 1)
-        keep_b = keep[b, :, : q1 - q0, : k1 - k0] if keep is not None else None
-        out, lse = reference_attention_with_lse(qb, kb, vb, None, dropout_p, is_causal, scale, enable_gqa=True,
-                                                upcast=True, dropout_mask=keep_b)
-        outs.append(out.transpose(0, 1))
-        lses.append(lse)
-    if not outs:
-        return q.new_empty((0, H, v.shape[2])), q.new_empty((H, 0), dtype=_lse_dtype(q.dtype))
-    return torch.cat(outs, 0), torch.cat(lses, 1).to(_lse_dtype(q.dtype))
-
-
-def _reference_varlen_grads(dout, dlse, q, k, v, bounds, seed, out, lse, scale, is_causal, dropout_p):
-    # The explicit backward formulas of the dense reference route, one sequence at a time -> dq, dk, dv contiguous
-    H = q.shape[1]
-    keep = _dropout_keep(seed, bounds, H, dropout_p)
-    dq, dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-    as_batch = lambda t: t.transpose(0, 1).unsqueeze(0)  # noqa: E731  [rows, heads, dim] -> [1, heads, rows, dim]
-    for b, (q0, q1, k0, k1) in enumerate(bounds):
-        keep_b = keep[b, :, : q1 - q0, : k1 - k0].unsqueeze(0) if keep is not None else None
-        dlse_b = dlse[:, q0:q1].unsqueeze(0) if dlse is not None else None
-        grads = reference_grads(as_batch(dout[q0:q1]), dlse_b, as_batch(q[q0:q1]), as_batch(k[k0:k1]),
-                                as_batch(v[k0:k1]), None, keep_b, as_batch(out[q0:q1]), lse[:, q0:q1].unsqueeze(0),
-                                scale, is_causal, dropout_p)
-        for grad, whole, lo, hi in zip(grads, (dq, dk, dv), (q0, k0, k0), (q1, k1, k1)):
-            whole[lo:hi] = grad[0].transpose(0, 1)
-    return dq, dk, dv
-
-
-def _dropout_keep(seed, bounds, heads, dropout_p):
-    # The kernels' grid: sequence b, head h is row b * H + h of a [B * H, max_q, max_k] draw
-    if dropout_p == 0 or not bounds:
-        return None
-    max_q = max(q1 - q0 for q0, q1, _, _ in bounds)
-    max_k = max(k1 - k0 for _, _, k0, k1 in bounds)
-    return attention_dropout_mask(seed, len(bounds), heads, max_q, max_k, dropout_p)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -100,7 +44,7 @@ def attention_varlen_fwd(
         from seqops.kernels.attention_fwd import attention_varlen_forward
 
         return attention_varlen_forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, is_causal, dropout_p, seed)
-    out, lse = _reference_varlen(q, k, v, bounds, seed, scale, is_causal, dropout_p)
+    out, lse = attention_varlen_cpu.forward(q, k, v, bounds, seed, scale, is_causal, dropout_p)
     return out.contiguous(), lse.contiguous()
 
 
@@ -124,7 +68,7 @@ def attention_varlen_bwd(
 
         return attention_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, is_causal,
                                          dropout_p, seed, dlse=dlse)
-    return _reference_varlen_grads(dout, dlse, q, k, v, bounds, seed, out, lse, scale, is_causal, dropout_p)
+    return attention_varlen_cpu.backward(dout, dlse, q, k, v, bounds, seed, out, lse, scale, is_causal, dropout_p)
 
 
 @attention_varlen_bwd.register_fake
@@ -143,8 +87,7 @@ def _setup_context(ctx, inputs, output):
 
 def _differentiable_forward(q, k, v, cu_q, cu_k, seed, scale, is_causal, dropout_p):
     bounds, _, _ = sequence_bounds("attention_varlen", cu_q, cu_k, q.shape[0], k.shape[0])
-    out, lse = _reference_varlen(q, k, v, bounds, seed, scale, is_causal, dropout_p)
-    return out.to(q.dtype), lse
+    return attention_varlen_cpu.forward(q, k, v, bounds, seed, scale, is_causal, dropout_p, differentiable=True)
 
 
 def _backward(ctx, dout, dlse):

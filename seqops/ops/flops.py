@@ -3,7 +3,8 @@
 Without them the counter sees an opaque op and counts 0, where it counts torch.nn's GRU and SDPA. The
 convention is the counter's own: the multiply-adds of the GEMMs (2 FLOPs each) that the op's math defines,
 pointwise work left out. Attention uses torch's SDPA formulas (the whole L x S score matrix even when causal,
-as the counter does for SDPA); a recurrent layer counts its input projection and per-step recurrent GEMMs,
+as the counter does for SDPA), packed sequences one sequence at a time, as the counter does for SDPA on nested
+tensors; a recurrent layer counts its input projection and per-step recurrent GEMMs,
 and its backward the input, hidden-state and weight gradients.
 """
 
@@ -13,6 +14,7 @@ import torch
 from torch.utils import flop_counter
 
 import seqops.ops.attention  # noqa: F401  (defines the attention ops registered below)
+import seqops.ops.attention_varlen  # noqa: F401
 
 _ops = torch.ops.seqops
 
@@ -50,6 +52,23 @@ def _with_query_heads(shape, heads):
     return (shape[0], heads, *shape[2:])
 
 
+def _sequence_lengths(cu, rows):
+    # [B + 1] cumulative lengths -> B lengths. A tensor without data (FakeTensorMode, meta) counts the rows as
+    # split evenly over the sequences, an estimate.
+    B = cu.shape[0] - 1
+    if cu.device.type == "meta" or torch._subclasses.fake_tensor.is_fake(cu):
+        return [rows // B] * B if B else []
+    cu = cu.tolist()
+    return [hi - lo for lo, hi in zip(cu, cu[1:])]
+
+
+def _varlen_flops(q, k, v, cu_q, cu_k, count):
+    # q [Nq, H, E], k [Nk, Hkv, E], v [Nk, Hkv, Ev] -> count(q, k, v shapes of one sequence) summed over sequences
+    H, E, EV = q.shape[1], q.shape[2], v.shape[2]
+    return sum(count((1, H, lq, E), (1, H, lk, E), (1, H, lk, EV))
+               for lq, lk in zip(_sequence_lengths(cu_q, q.shape[0]), _sequence_lengths(cu_k, k.shape[0])))
+
+
 def _register():
     register = flop_counter.register_flop_formula
 
@@ -62,6 +81,15 @@ def _register():
     def _attention_bwd(dout, dlse, q, k, v, *args, out_val=None, **kwargs):
         H = q[1]
         return flop_counter.sdpa_backward_flop_count(dout, q, _with_query_heads(k, H), _with_query_heads(v, H))
+
+    @register(_ops.attention_varlen_fwd, get_raw=True)
+    def _attention_varlen_fwd(q, k, v, cu_q, cu_k, *args, out_val=None, **kwargs):
+        return _varlen_flops(q, k, v, cu_q, cu_k, flop_counter.sdpa_flop_count)
+
+    @register(_ops.attention_varlen_bwd, get_raw=True)
+    def _attention_varlen_bwd(dout, dlse, q, k, v, cu_q, cu_k, *args, out_val=None, **kwargs):
+        return _varlen_flops(q, k, v, cu_q, cu_k, lambda qs, ks, vs: flop_counter.sdpa_backward_flop_count(
+            (*qs[:3], vs[3]), qs, ks, vs))
 
     @register(_ops.lstm_layer_forward)
     def _lstm_layer_fwd(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *args, out_val=None, **kw):
