@@ -6,15 +6,25 @@ import torch
 
 MODES = ("fwd", "bwd", "fwdbwd", "infer")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-SUITES = ("cell", "rnn", "attn")
+SUITES = ("cell", "rnn", "attn", "varlen")
+ATTENTION_SUITES = ("attn", "varlen")  # rated in TFLOP/s
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}  # gate blocks stacked in weight_ih / weight_hh
 OPS = {
     "cell": ("lstm_cell", "gru_cell", "rnn_tanh_cell"),
     "rnn": ("lstm", "gru", "rnn_tanh"),
     "attn": ("attn",),
+    "varlen": ("attn_varlen",),  # a batch of B sequences of different lengths (varlen_lengths)
 }
 # backward cost: 2.5x forward for attention (FlashAttention's convention); for GEMMs dX and dW cost 2x
-BWD_FACTOR = {"attn": 2.5, "cell": 2.0, "rnn": 2.0}
+BWD_FACTOR = {"attn": 2.5, "varlen": 2.5, "cell": 2.0, "rnn": 2.0}
+
+
+def varlen_lengths(B, L):
+    """The lengths of a varlen case's B sequences: spread evenly from L/4 to L (mean 5L/8), the longest last, as
+    in a batch of documents or requests of unlike length."""
+    if B == 1:
+        return [L]
+    return [max(1, round(L * (1 + 3 * i / (B - 1)) / 4)) for i in range(B)]
 
 
 @dataclass(frozen=True)
@@ -27,10 +37,10 @@ class Case:
     T: int = 1  # rnn: time steps
     I: int = 0  # cell/rnn: input size
     H: int = 0  # cell/rnn: hidden size
-    heads: int = 0  # attn
-    L: int = 0  # attn: query length
-    S: int = 0  # attn: key/value length
-    D: int = 0  # attn: head dim
+    heads: int = 0  # attn, varlen
+    L: int = 0  # attn: query length; varlen: the longest sequence
+    S: int = 0  # attn: key/value length; varlen: = L (self-attention)
+    D: int = 0  # attn, varlen: head dim
     causal: bool = False
     sweep: str = ""  # plot axes this case is a point of, "+"-joined: "batch", "hidden", "seqlen" ("" = none)
 
@@ -56,6 +66,9 @@ class Case:
             causal = ".causal" if self.causal else ""
             kv = f".S{self.S}" if self.S != self.L else ""
             return f"attn.{self.mode}{causal}.B{self.B}.H{self.heads}.L{self.L}{kv}.D{self.D}.{self.dtype}"
+        if self.suite == "varlen":
+            causal = ".causal" if self.causal else ""
+            return f"varlen.{self.mode}{causal}.B{self.B}.H{self.heads}.L{self.L}.D{self.D}.{self.dtype}"
         steps = f".T{self.T}" if self.suite == "rnn" else ""
         inp = f".I{self.I}" if self.I != self.H else ""
         return f"{self.op}.{self.mode}.B{self.B}{steps}{inp}.H{self.H}.{self.dtype}"
@@ -66,10 +79,14 @@ class Case:
 
     @property
     def flops(self):
-        """Forward: 4*B*H*L*S*D for attention (halved when causal); the GEMMs 2*T*B*G*H*(I+H) for
-        RNNs and cells (G gates; pointwise work left out). Backward and fwd+bwd scale by BWD_FACTOR."""
+        """Forward: 4*B*H*L*S*D for attention (halved when causal), over each sequence's own L*L for varlen (no
+        padding: the work a padded batch would waste is not counted); the GEMMs 2*T*B*G*H*(I+H) for RNNs and cells
+        (G gates; pointwise work left out). Backward and fwd+bwd scale by BWD_FACTOR."""
         if self.suite == "attn":
             fwd = 4 * self.B * self.heads * self.L * self.S * self.D / (2 if self.causal else 1)
+        elif self.suite == "varlen":
+            pairs = sum(n * n for n in varlen_lengths(self.B, self.L))
+            fwd = 4 * self.heads * pairs * self.D / (2 if self.causal else 1)
         else:
             fwd = 2 * self.steps * self.B * GATES[self.gate_op] * self.H * (self.I + self.H)
         factor = {"fwd": 1.0, "infer": 1.0, "bwd": BWD_FACTOR[self.suite], "fwdbwd": 1.0 + BWD_FACTOR[self.suite]}
@@ -81,6 +98,8 @@ class Case:
         size = torch.empty((), dtype=self.torch_dtype).element_size()
         if self.suite == "attn":
             return size * self.B * self.heads * (2 * self.L * self.D + 2 * self.S * self.D)
+        if self.suite == "varlen":
+            return size * sum(varlen_lengths(self.B, self.L)) * self.heads * 4 * self.D
         gates = GATES[self.gate_op] * self.H
         weights = gates * (self.I + self.H)
         acts = self.steps * self.B * (self.I + self.H + gates)
@@ -97,13 +116,17 @@ def cell_cases(ops, B, H, modes, dtypes):
     return [Case("cell", op, m, d, B=B, I=H, H=H) for op in ops for m in modes for d in dtypes]
 
 
-def attn_cases(B, heads, L, D, modes, dtypes, causals=(False, True), sweep=""):
+def attn_cases(B, heads, L, D, modes, dtypes, causals=(False, True), sweep="", suite="attn"):
     return [
-        Case("attn", "attn", m, d, B=B, heads=heads, L=L, S=L, D=D, causal=c, sweep=sweep)
+        Case(suite, OPS[suite][0], m, d, B=B, heads=heads, L=L, S=L, D=D, causal=c, sweep=sweep)
         for m in modes
         for c in causals
         for d in dtypes
     ]
+
+
+def varlen_cases(B, heads, L, D, modes, dtypes, causals=(False, True)):
+    return attn_cases(B, heads, L, D, modes, dtypes, causals, suite="varlen")
 
 
 HEADLINE = (
@@ -127,7 +150,7 @@ def headline_cases():
 
 def gpu_cases():
     """Headline shapes (every op and mode in fp16; fp32 and bf16 too for LSTM/GRU training), then the sweeps
-    behind the plots: 69 cases. Run it in parts (--suites) where one command has a time limit."""
+    behind the plots, then packed sequences: 73 cases. Run it in parts (--suites) where one command has a time limit."""
     cases = cell_cases(OPS["cell"], 256, 768, ("fwd", "fwdbwd"), ("fp32", "fp16"))
     cases += rnn_cases(OPS["rnn"], 16, 1024, 768, MODES, ("fp16",))
     cases += rnn_cases(("lstm", "gru"), 16, 1024, 768, ("fwdbwd",), ("fp32", "bf16"))
@@ -140,6 +163,8 @@ def gpu_cases():
     for L in (1024, 2048, 4096, 8192, 16384):
         # tokens per batch held at 32k, FlashAttention's sweep convention
         cases += attn_cases(32768 // L, 16, L, 128, ("fwd", "bwd"), ("bf16",), sweep="seqlen")
+    # 16 sequences of 1k-4k tokens: packed against padded to the longest
+    cases += varlen_cases(16, 16, 4096, 128, ("fwd", "bwd"), ("bf16",))
     return cases
 
 
@@ -157,6 +182,7 @@ def cpu_cases():
     # From L = 32, where a fixed per-call cost (Python around the kernel) shows most.
     for L in (32, 64, 128, 256, 512, 1024):
         cases += attn_cases(2, 4, L, 64, ("fwd", "bwd"), ("fp32",), sweep="seqlen")
+    cases += varlen_cases(8, 4, 512, 64, ("fwd", "bwd"), ("fp32",))
     return cases
 
 
@@ -166,6 +192,7 @@ def quick_cases(device_type):
     cases = cell_cases(("lstm_cell",), 8, 32, ("fwd", "fwdbwd"), ("fp32",))
     cases += rnn_cases(("lstm", "gru"), 4, 8, 32, ("fwd", "fwdbwd"), ("fp32",))
     cases += attn_cases(1, 2, 128, 32, ("fwd", "bwd"), ("fp32",), causals=(False,))
+    cases += varlen_cases(4, 2, 128, 32, ("fwd",), ("fp32",), causals=(False,))
     return cases
 
 
@@ -223,7 +250,8 @@ def override_sizes(cases, **sizes):
             continue
         expanded = []
         for case in out:
-            uses = {"T": ("rnn",), "L": ("attn",), "D": ("attn",), "heads": ("attn",), "H": ("cell", "rnn")}
+            uses = {"T": ("rnn",), "L": ATTENTION_SUITES, "D": ATTENTION_SUITES, "heads": ATTENTION_SUITES,
+                    "H": ("cell", "rnn")}
             if case.suite not in uses.get(field, SUITES):
                 expanded.append(case)
                 continue

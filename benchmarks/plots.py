@@ -123,5 +123,5 @@ def speedup_bars(rows, suite, out_dir):
 def write_plots(rows, out_dir):
     """Every plot the rows allow; returns the paths written."""
     paths = [attention_tflops(rows, out_dir), rnn_time_per_step(rows, out_dir)]
-    paths += [speedup_bars(rows, suite, out_dir) for suite in ("cell", "rnn", "attn")]
+    paths += [speedup_bars(rows, suite, out_dir) for suite in ("cell", "rnn", "attn", "varlen")]
     return [p for p in paths if p is not None]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from benchmarks.cases import HEADLINE
+from benchmarks.cases import ATTENTION_SUITES, HEADLINE
 
 ROW_FIELDS = (
     "name", "suite", "op", "mode", "dtype", "provider", "status", "note",
@@ -115,7 +115,7 @@ def fmt_time(row):
 def fmt_rate(row):
     if not ok(row):
         return ""
-    if row["suite"] == "attn":
+    if row["suite"] in ATTENTION_SUITES:
         return f"{row['tflops']:.3g} TFLOP/s"
     return f"{row['us_per_step']:.4g} µs/step"
 
@@ -143,7 +143,8 @@ def case_lines(rows):
 def summary_tables(rows):
     """One rich Table per suite: cases down, each provider's time, rate, peak memory and seqops' speed-up."""
     tables = []
-    for suite, title in (("cell", "Cells"), ("rnn", "RNN layers"), ("attn", "Attention")):
+    for suite, title in (("cell", "Cells"), ("rnn", "RNN layers"), ("attn", "Attention"),
+                         ("varlen", "Attention over packed sequences")):
         suite_rows = [r for r in rows if r["suite"] == suite]
         if not suite_rows:
             continue

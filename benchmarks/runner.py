@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import timing
+from benchmarks.cases import ATTENTION_SUITES
 from benchmarks.providers import Unavailable, Unsupported, providers_for
 from benchmarks.providers.base import tensors_in
 
@@ -76,7 +77,7 @@ def make_row(case, provider, env, stats=None, error=None, peak_mb=None, rot=1):
         "L": case.L or None,
         "S": case.S or None,
         "D": case.D or None,
-        "causal": case.causal if case.suite == "attn" else None,
+        "causal": case.causal if case.suite in ATTENTION_SUITES else None,
         "sweep": case.sweep,
         **env,
     }
@@ -86,7 +87,7 @@ def make_row(case, provider, env, stats=None, error=None, peak_mb=None, rot=1):
             row["note"] = "launch-bound: per-call wall time of back-to-back calls (the flushed timing was lower)"
         if stats.median_ms > 0:
             row["tflops"] = case.flops / (stats.median_ms * 1e-3) / 1e12
-        if case.suite != "attn":
+        if case.suite not in ATTENTION_SUITES:
             row["us_per_step"] = stats.median_ms * 1e3 / case.steps
     return row
 

@@ -3,11 +3,12 @@ reference, torch.compile of the reference, a Python loop). Each is set up lazily
 row, not a crash."""
 
 from benchmarks.providers.attention import ATTENTION_PROVIDERS
+from benchmarks.providers.attention_varlen import VARLEN_PROVIDERS
 from benchmarks.providers.base import Provider, Unavailable, Unsupported
 from benchmarks.providers.cells import CELL_PROVIDERS
 from benchmarks.providers.rnn import RNN_PROVIDERS
 
-PROVIDERS = {"cell": CELL_PROVIDERS, "rnn": RNN_PROVIDERS, "attn": ATTENTION_PROVIDERS}
+PROVIDERS = {"cell": CELL_PROVIDERS, "rnn": RNN_PROVIDERS, "attn": ATTENTION_PROVIDERS, "varlen": VARLEN_PROVIDERS}
 
 
 def providers_for(suite, device_type, names=None, quick=False):

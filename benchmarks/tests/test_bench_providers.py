@@ -19,6 +19,8 @@ CPU_CASES = (
     Case("rnn", "rnn_tanh", "fwd", "fp32", B=4, T=8, I=32, H=32),
     Case("attn", "attn", "fwd", "fp32", B=1, heads=2, L=64, S=64, D=32),
     Case("attn", "attn", "bwd", "fp32", B=1, heads=2, L=64, S=96, D=32, causal=True),
+    Case("varlen", "attn_varlen", "fwd", "fp32", B=3, heads=2, L=48, S=48, D=16),
+    Case("varlen", "attn_varlen", "bwd", "fp32", B=3, heads=2, L=48, S=48, D=16, causal=True),
 )
 CUDA_CASES = (
     Case("cell", "lstm_cell", "fwdbwd", "fp16", B=256, I=768, H=768),
@@ -26,6 +28,7 @@ CUDA_CASES = (
     Case("rnn", "gru", "fwd", "fp16", B=16, T=256, I=768, H=768),
     Case("attn", "attn", "fwd", "bf16", B=4, heads=16, L=2048, S=2048, D=128, causal=True),
     Case("attn", "attn", "bwd", "bf16", B=4, heads=16, L=2048, S=2048, D=128),
+    Case("varlen", "attn_varlen", "bwd", "bf16", B=8, heads=16, L=2048, S=2048, D=128, causal=True),
 )
 
 

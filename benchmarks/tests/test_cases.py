@@ -22,6 +22,17 @@ def test_gpu_default_covers_headline_and_sweeps():
     assert {c.dtype for c in default if c.suite == "rnn"} == {"fp32", "fp16", "bf16"}
 
 
+def test_varlen_lengths_spread_from_a_quarter_to_the_longest():
+    assert C.varlen_lengths(3, 8) == [2, 5, 8]
+    lengths = C.varlen_lengths(16, 4096)
+    assert (min(lengths), max(lengths), len(lengths)) == (1024, 4096, 16) and lengths == sorted(lengths)
+    assert C.varlen_lengths(1, 100) == [100]
+    case = Case("varlen", "attn_varlen", "bwd", "bf16", B=16, heads=16, L=4096, S=4096, D=128, causal=True)
+    assert case.name == "varlen.bwd.causal.B16.H16.L4096.D128.bf16"
+    assert {c.suite for c in C.default_cases("cuda")} >= {"varlen"} and {c.suite for c in C.default_cases("cpu")} >= {
+        "varlen"}
+
+
 def test_cpu_default_starts_with_the_lstm_cell_and_stays_small():
     default = C.select(C.default_cases("cpu"))
     assert default[0].op == "lstm_cell"
@@ -34,6 +45,9 @@ def test_cpu_default_starts_with_the_lstm_cell_and_stays_small():
         # 4*B*H*L*S*D = 4*2*3*5*7*11
         (Case("attn", "attn", "fwd", "bf16", B=2, heads=3, L=5, S=7, D=11), 4 * 2 * 3 * 5 * 7 * 11),
         (Case("attn", "attn", "fwd", "bf16", B=2, heads=3, L=5, S=7, D=11, causal=True), 2 * 2 * 3 * 5 * 77),
+        # varlen: each sequence's own L*L, lengths 2, 5, 8 (L/4 to L = 8): 4*H*D*(4 + 25 + 64)
+        (Case("varlen", "attn_varlen", "fwd", "bf16", B=3, heads=3, L=8, S=8, D=11), 4 * 3 * 11 * 93),
+        (Case("varlen", "attn_varlen", "fwd", "bf16", B=3, heads=3, L=8, S=8, D=11, causal=True), 2 * 3 * 11 * 93),
         # LSTM: 2*T*B*4H*(I+H) = 2*3*2*20*(7+5)
         (Case("rnn", "lstm", "fwd", "fp32", B=2, T=3, I=7, H=5), 2 * 3 * 2 * 20 * 12),
         (Case("rnn", "gru", "fwd", "fp32", B=2, T=3, I=7, H=5), 2 * 3 * 2 * 15 * 12),
