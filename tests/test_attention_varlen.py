@@ -261,6 +261,23 @@ def test_compile_fullgraph_forward_and_backward():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.compile
+def test_compile_fullgraph_on_jagged_nested_tensors():
+    qn, kn = _jagged([5, 9, 3], 2, 16), _jagged([7, 4, 6], 2, 16)
+    vn = _jagged(None, 2, 16, offsets=kn.offsets())
+
+    def attend(qn, kn, vn):  # [B, j, H, E] in and out, as a transformer block holds them
+        return seqops.attention(qn.transpose(1, 2), kn.transpose(1, 2), vn.transpose(1, 2), is_causal=True)
+
+    out = torch.compile(attend, fullgraph=True)(qn, kn, vn)
+    eager = attend(qn, kn, vn)
+    torch.testing.assert_close(out.values(), eager.values())
+    grad = torch.randn_like(out.values())
+    for a, b in zip(torch.autograd.grad(out.values(), (qn, kn, vn), grad),
+                    torch.autograd.grad(eager.values(), (qn, kn, vn), grad)):
+        torch.testing.assert_close(a.values(), b.values())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad inputs of attention_varlen and of the ops called directly.
 
