@@ -34,6 +34,7 @@ from .attention_common import (
     launch_with_optional_tma,
     length_bucket,
     load_tile,
+    lse_row_start,
     mask_args,
     mask_kind,
     next_pow2_at_least_16,
@@ -112,15 +113,15 @@ def _dkdv_query_blocks(
     return dk, dv
 
 
-# Q, DO: [B, H, L, E|EV], K, V: [B, Hkv, S, E|EV], Mask: [B, H, L, S] view, Lse, Delta: [B, H, L] fp32 (strides
-# slb, slh, 1) -> DK: [B, Hkv, S, E], DV: [B, Hkv, S, EV], unit last stride.  grid: (cdiv(S, BLOCK_N) * B * Hkv,)
+# Q, DO: [B, H, L, E|EV], K, V: [B, Hkv, S, E|EV], Mask: [B, H, L, S] view, Lse, Delta: [B, H, L] fp32
+# contiguous -> DK: [B, Hkv, S, E], DV: [B, Hkv, S, EV], unit last stride.  grid: (cdiv(S, BLOCK_N) * B * Hkv,)
 # VARLEN: as in the forward, [1, heads, N, D] views of packed rows, sequence b owning query rows CuQ[b]..CuQ[b+1]
-# and keys CuK[b]..CuK[b+1]; L, S the longest lengths; Lse, Delta [H, Nq] (slb = 0).
+# and keys CuK[b]..CuK[b+1]; L, S the longest lengths; Lse, Delta [H, Nq] (LSE_ROW = Nq).
 @triton.jit
 def attention_bwd_dkdv_kernel(
     Q, K, V, Mask, Seed, DO, Lse, Delta, DK, DV, CuQ, CuK,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-    smb, smh, smm, smn, sdob, sdoh, sdom, sdod, slb, slh, sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
+    smb, smh, smm, smn, sdob, sdoh, sdom, sdod, LSE_ROW, sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
     H, GROUP, L, S, E, EV, L_BUCKET, S_BUCKET, qk_scale, sm_scale, dropout_p, drop_scale,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, VARLEN: tl.constexpr,
     PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr,
@@ -161,8 +162,9 @@ def attention_bwd_dkdv_kernel(
                                                block_shape=[BLOCK_M, BLOCK_D])
             DO_head = tl.make_tensor_descriptor(DO_head, shape=[Lq, EV], strides=[sdom, 1],
                                                 block_shape=[BLOCK_M, BLOCK_DV])
-        Lse_head = Lse + off_b * slb + off_h * slh + q_row0
-        Delta_head = Delta + off_b * slb + off_h * slh + q_row0
+        first_row = lse_row_start(bh, off_h, q_row0, L, LSE_ROW, VARLEN)
+        Lse_head = Lse + first_row
+        Delta_head = Delta + first_row
         Mask_head = Mask + off_b * smb + off_h * smh
         # Query tiles in up to three runs: (causal) the tiles straddling the diagonal, with every test; the
         # whole tiles after them, with none; the last partial tile, with the bounds test.
@@ -241,15 +243,15 @@ def _dq_key_blocks(
     return dq
 
 
-# Q, DO: [B, H, L, E|EV], K, V: [B, Hkv, S, E|EV], Mask: [B, H, L, S] view, Lse, Delta: [B, H, L] fp32 (strides
-# slb, slh, 1) -> DQ: [B, H, L, E], unit last stride; DMask (HAS_DMASK): [B, H, L, S] fp32 contiguous,
+# Q, DO: [B, H, L, E|EV], K, V: [B, Hkv, S, E|EV], Mask: [B, H, L, S] view, Lse, Delta: [B, H, L] fp32
+# contiguous -> DQ: [B, H, L, E], unit last stride; DMask (HAS_DMASK): [B, H, L, S] fp32 contiguous,
 # zero-initialised (blocks above the causal diagonal are never written).  grid: (cdiv(L, BLOCK_M) * B * H,)
 # VARLEN: packed sequences, as in the dK/dV kernel.
 @triton.jit
 def attention_bwd_dq_kernel(
     Q, K, V, Mask, Seed, DO, Lse, Delta, DQ, DMask, CuQ, CuK,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-    smb, smh, smm, smn, sdob, sdoh, sdom, sdod, slb, slh, sdqb, sdqh, sdqm,
+    smb, smh, smm, smn, sdob, sdoh, sdom, sdod, LSE_ROW, sdqb, sdqh, sdqm,
     H, GROUP, L, S, E, EV, L_BUCKET, S_BUCKET, qk_scale, sm_scale, dropout_p, drop_scale,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_DMASK: tl.constexpr,
     VARLEN: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr,
@@ -275,9 +277,10 @@ def attention_bwd_dq_kernel(
                 mask=in_rows[:, None] & (offs_d[None, :] < E), other=0.0)              # [BLOCK_M, BLOCK_D]
     do = tl.load(DO + off_b * sdob + off_h * sdoh + q_rows[:, None] * sdom + offs_dv[None, :] * sdod,
                  mask=in_rows[:, None] & (offs_dv[None, :] < EV), other=0.0)          # [BLOCK_M, BLOCK_DV]
-    lse2 = tl.load(Lse + off_b * slb + off_h * slh + q_rows, mask=in_rows, other=0.0) * LOG2E_K
+    first_row = lse_row_start(bh, off_h, q_row0, L, LSE_ROW, VARLEN)
+    lse2 = tl.load(Lse + first_row + offs_m, mask=in_rows, other=0.0) * LOG2E_K
     lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)
-    delta = tl.load(Delta + off_b * slb + off_h * slh + q_rows, mask=in_rows, other=0.0)
+    delta = tl.load(Delta + first_row + offs_m, mask=in_rows, other=0.0)
     K_head = K + off_b * skb + off_hkv * skh + k_row0 * skn
     V_head = V + off_b * svb + off_hkv * svh + k_row0 * svn
     if USE_TMA:
@@ -361,8 +364,9 @@ def attention_varlen_backward(do, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, s
     k, v = (packed_rows_within_int32(t, max_k) for t in (k, v))
     do4, q4, k4, v4, out4, dq4, dk4, dv4 = (packed_as_heads(t) for t in (do, q, k, v, out, dq, dk, dv))
     delta = _delta(out4, do4, None if dlse is None else dlse.unsqueeze(0)).squeeze(0)  # [H, Nq]
-    _launch(do4, q4, k4, v4, lse.contiguous(), delta, None, seed, dq4, dk4, dv4, None, (cu_q, cu_k), B, max_q,
-            max_k, scale, is_causal, dropout_p)
+    cu = (cu_q.contiguous(), cu_k.contiguous())  # the kernels read them with unit stride
+    _launch(do4, q4, k4, v4, lse.contiguous(), delta, None, seed, dq4, dk4, dv4, None, cu, B, max_q, max_k, scale,
+            is_causal, dropout_p)
     return dq, dk, dv
 
 
@@ -389,13 +393,12 @@ def _launch(do, q, k, v, lse, delta, mask, seed, dq, dk, dv, dmask, cu, B, L, S,
     Hkv, EV = k.shape[1], v.shape[3]
     BLOCK_D, BLOCK_DV = next_pow2_at_least_16(E), next_pow2_at_least_16(EV)
     interpret = INTERPRETING or q.device.type != "cuda"
-    lse_strides = (0, lse.stride(0)) if cu is not None else lse.stride()[:2]
     cu_q, cu_k = cu if cu is not None else (q, q)
     need_dmask = dmask is not None
     mask_ptr, mask_strides = mask_args(mask, q)
     has_dropout = dropout_p > 0.0
     seed_ptr = seed if has_dropout else q
-    strides = (*q.stride(), *k.stride(), *v.stride(), *mask_strides, *do.stride(), *lse_strides)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *mask_strides, *do.stride(), lse.shape[-1])
     scalars = (
         H, H // Hkv, L, S, E, EV, length_bucket(L), length_bucket(S), scale * LOG2E, scale, dropout_p,
         0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p),

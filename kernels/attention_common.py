@@ -70,6 +70,17 @@ def sequence_rows(CuQ, CuK, b, L, S, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def lse_row_start(bh, off_h, q_row0, L, lse_row, VARLEN: tl.constexpr):
+    """Offset of this program's first query row in the lse (and delta): dense [B * H, L] rows; VARLEN [H, Nq] rows
+    (lse_row = Nq) from the sequence's first row. The dense offset stays one product: two cost sm90 dK/dV 8-32
+    bytes of spill per thread."""
+    if VARLEN:
+        return off_h * lse_row + q_row0
+    else:
+        return bh.to(tl.int64) * L
+
+
+@triton.jit
 def load_tile(ptrs, rows_ok, cols_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
     """tl.load with only the bounds that can fail: an unmasked (or row-only masked) load stays vectorised,
     which a runtime `offs_d < E` test would prevent even when E fills the tile."""

@@ -28,6 +28,7 @@ from .attention_common import (
     launch_with_optional_tma,
     length_bucket,
     load_tile,
+    lse_row_start,
     mask_args,
     mask_kind,
     next_pow2_at_least_16,
@@ -86,15 +87,15 @@ def _fwd_key_blocks(
 
 
 # Q: [B, H, L, E], K: [B, Hkv, S, E], V: [B, Hkv, S, EV], Mask: [B, H, L, S] (any strides, 0 where it
-# broadcasts), Seed: [1] int64 -> Out: [B, H, L, EV] (any strides), Lse: [B, H, L] fp32 (strides slb, slh, 1).
+# broadcasts), Seed: [1] int64 -> Out: [B, H, L, EV] (any strides), Lse: [B, H, L] fp32 contiguous.
 # VARLEN (packed sequences): Q, K, V, Out are [1, H, N, D] views of packed rows and sequence b owns rows
-# CuQ[b]..CuQ[b+1] (keys CuK[b]..CuK[b+1]); L, S are then the longest lengths, Lse is [H, Nq] (slb = 0).
+# CuQ[b]..CuQ[b+1] (keys CuK[b]..CuK[b+1]); L, S are then the longest lengths, Lse is [H, Nq] (LSE_ROW = Nq).
 # grid: (cdiv(L, BLOCK_M) * B * H,); query head h reads key/value head h // GROUP.
 @triton.jit
 def attention_fwd_kernel(
     Q, K, V, Mask, Seed, Out, Lse, CuQ, CuK,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-    smb, smh, smm, smn, sob, soh, som, sod, slb, slh,
+    smb, smh, smm, smn, sob, soh, som, sod, LSE_ROW,
     H, GROUP, L, S, E, EV, L_BUCKET, S_BUCKET, qk_scale, dropout_p, drop_scale,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, VARLEN: tl.constexpr,
     PRECISION: tl.constexpr, USE_TMA: tl.constexpr, PAD_D: tl.constexpr,
@@ -168,7 +169,7 @@ def attention_fwd_kernel(
     tl.store(Out + off_b * sob + off_h * soh + rows[:, None] * som + offs_dv[None, :] * sod,
              out.to(Out.dtype.element_ty), mask=in_rows[:, None] & (offs_dv[None, :] < EV))
     lse = tl.where(has_mass, (m_i + tl.log2(l_safe)) * LN2_K, float("-inf"))
-    tl.store(Lse + off_b * slb + off_h * slh + rows, lse, mask=in_rows)
+    tl.store(Lse + lse_row_start(bh, off_h, q_row0, L, LSE_ROW, VARLEN) + offs_m, lse, mask=in_rows)
 
 
 _fwd_sm90 = triton.autotune(
@@ -193,7 +194,7 @@ def attention_forward(q, k, v, mask, scale, is_causal, dropout_p, seed):
     lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
     if B * H * L == 0:
         return out, lse
-    _launch(q, k, v, mask, seed, out, lse, lse.stride()[:2], None, B, L, k.shape[2], scale, is_causal, dropout_p)
+    _launch(q, k, v, mask, seed, out, lse, None, B, L, k.shape[2], scale, is_causal, dropout_p)
     return out, lse
 
 
@@ -209,12 +210,12 @@ def attention_varlen_forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, is_causal
     if B * q.shape[1] * max_q == 0:
         return out, lse
     q4, k4, v4, out4 = (packed_as_heads(t) for t in (q, k, v, out))
-    _launch(q4, k4, v4, None, seed, out4, lse, (0, lse.stride(0)), (cu_q, cu_k), B, max_q, max_k, scale,
-            is_causal, dropout_p)
+    cu = (cu_q.contiguous(), cu_k.contiguous())  # the kernels read them with unit stride
+    _launch(q4, k4, v4, None, seed, out4, lse, cu, B, max_q, max_k, scale, is_causal, dropout_p)
     return out, lse
 
 
-def _launch(q, k, v, mask, seed, out, lse, lse_strides, cu, B, L, S, scale, is_causal, dropout_p):
+def _launch(q, k, v, mask, seed, out, lse, cu, B, L, S, scale, is_causal, dropout_p):
     # q, k, v, out: [B | 1, heads, rows, dim]; cu: None (dense) or (cu_q, cu_k); L, S: (longest) lengths
     H, E = q.shape[1], q.shape[3]
     Hkv, EV = k.shape[1], v.shape[3]
@@ -224,7 +225,7 @@ def _launch(q, k, v, mask, seed, out, lse, lse_strides, cu, B, L, S, scale, is_c
     cu_q, cu_k = cu if cu is not None else (q, q)
     args = (
         q, k, v, mask_ptr, seed_ptr, out, lse, cu_q, cu_k,
-        *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(), *lse_strides,
+        *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(), lse.shape[-1],
         H, H // Hkv, L, S, E, EV, length_bucket(L), length_bucket(S), scale * LOG2E, dropout_p,
         0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p),
     )

@@ -83,13 +83,13 @@ def packed(lengths, heads, dim, dtype=torch.float32, device=None):
 
 def per_sequence_oracle(q, k, v, cu_q, cu_k, grad_out, dtype=torch.float64, keep=None, **kwargs):
     """(out, grads of q, k, v) of the reference run sequence by sequence in `dtype` on detached copies; keep: the
-    materialised [B, H, max_q, max_k] dropout mask, sliced per sequence."""
+    dropout keep-masks, [H, L_b, S_b] per sequence (or larger, sliced)."""
     leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
     cu_q, cu_k = cu_q.tolist(), cu_k.tolist()
     outs = []
     for b, (q0, q1, k0, k1) in enumerate(zip(cu_q, cu_q[1:], cu_k, cu_k[1:])):
         qb, kb, vb = (t[lo:hi].transpose(0, 1) for t, lo, hi in zip(leaves, (q0, k0, k0), (q1, k1, k1)))
-        mask_b = keep[b, :, : q1 - q0, : k1 - k0] if keep is not None else None
+        mask_b = keep[b][:, : q1 - q0, : k1 - k0] if keep is not None else None
         outs.append(reference.attention(qb, kb, vb, dropout_mask=mask_b, **kwargs).transpose(0, 1))
     out = torch.cat(outs, 0)
     return out, torch.autograd.grad(out, leaves, grad_out.to(dtype))

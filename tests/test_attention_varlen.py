@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from attention_checks import assert_close_fp32_grad, assert_flash_rule, cumulative_lengths, packed, per_sequence_oracle
 
 import seqops
+from seqops.ops import attention as attention_module
 from seqops.ops.attention import _draw_seed, attention_dropout_mask
+from seqops.ops.attention_varlen_checks import sequence_bounds
+from seqops.ops.attention_varlen_cpu import sequence_dropout_keep
 from seqops.ops.errors import InvalidArgumentError, InvalidDtypeError
 
 pytestmark = pytest.mark.usefixtures("each_device")
@@ -107,7 +110,9 @@ def test_dropout_matches_the_reference_with_the_materialised_mask_and_is_reprodu
     assert torch.equal(out, again)
     assert not torch.equal(out, seqops.attention_varlen(q, k, v, cu_q, cu_k, dropout_p=p, is_causal=True))
     torch.manual_seed(3)
-    keep = attention_dropout_mask(_draw_seed(q.device), 3, 2, max(lengths_q), max(lengths_k), p)  # the op's draw
+    seed = _draw_seed(q.device)  # the op's one RNG draw, replayed
+    bounds, _, _ = sequence_bounds("test", cu_q, cu_k, q.shape[0], k.shape[0])
+    keep = [sequence_dropout_keep(seed, bounds, 2, b, p) for b in range(3)]
     grad_out = torch.randn_like(out)
     exact, exact_grads = per_sequence_oracle(q, k, v, cu_q, cu_k, grad_out, keep=keep, dropout_p=p, is_causal=True)
     torch.testing.assert_close(out, exact.float())
@@ -115,16 +120,36 @@ def test_dropout_matches_the_reference_with_the_materialised_mask_and_is_reprodu
         assert_close_fp32_grad(got, want, name)
 
 
-def test_non_contiguous_packed_inputs():
+def test_sequence_dropout_masks_are_the_kernels_draw_or_the_cpu_generator_s():
+    p, lengths_q, lengths_k, H = 0.4, [5, 0, 19], [11, 6, 3], 2
+    seed = torch.tensor([77], dtype=torch.int64)
+    bounds, max_q, max_k = sequence_bounds("test", cumulative_lengths(lengths_q), cumulative_lengths(lengths_k), 24,
+                                           20)
+    whole = attention_dropout_mask(seed, 3, H, max_q, max_k, p)  # the kernels' [B, H, max_q, max_k] grid
+    kernels_draw = seed.device.type == "cuda" or attention_module._INTERPRET
+    for b, (lq, lk) in enumerate(zip(lengths_q, lengths_k)):
+        keep = sequence_dropout_keep(seed, bounds, H, b, p)
+        assert keep.shape == (H, lq, lk) and keep.dtype == torch.bool
+        if kernels_draw:  # the corner of the kernels' grid, drawn alone
+            assert torch.equal(keep, whole[b, :, :lq, :lk])
+        else:  # the CPU route: a generator per sequence
+            gen = torch.Generator().manual_seed(77 + b)
+            assert torch.equal(keep, torch.rand((H, lq, lk), generator=gen) >= p)
+
+
+def test_non_contiguous_inputs_and_lengths():
     lengths = [9, 14]
     qkv = torch.randn(23, 3, 2, 16, requires_grad=True)  # a fused projection's [rows, (q, k, v), heads, dim]
     q, k, v = qkv.unbind(1)
-    cu = cumulative_lengths(lengths)
+    cu = torch.tensor([0, -1, 9, -1, 23], dtype=torch.int32)[::2]  # strided lengths: values 0, 9, 23
     out = seqops.attention_varlen(q, k, v, cu, cu, is_causal=True)
-    dense = seqops.attention_varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, is_causal=True)
+    leaves = [t.detach().contiguous().requires_grad_() for t in (q, k, v)]
+    dense = seqops.attention_varlen(*leaves, cumulative_lengths(lengths), cumulative_lengths(lengths), is_causal=True)
     torch.testing.assert_close(out, dense)
-    out.sum().backward()
-    assert qkv.grad.abs().sum() > 0
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, qkv, grad)[0]
+    want = torch.stack(torch.autograd.grad(dense, leaves, grad), 1)
+    torch.testing.assert_close(got, want)
 
 
 def test_cumulative_lengths_on_the_host_and_as_lists_work():
@@ -225,8 +250,11 @@ def test_opcheck_forward(dropout):
     torch.library.opcheck(torch.ops.seqops.attention_varlen_fwd.default, _op_args(dropout))
 
 
-def test_opcheck_backward():
+@pytest.mark.parametrize("layout", ["contiguous", "heads_first"])
+def test_opcheck_backward(layout):
     q, k, v, cu_q, cu_k, seed, scale, causal, p = _op_args()
+    if layout == "heads_first":  # dense but permuted: the gradients still come back contiguous, as the fake says
+        q, k, v = (t.detach().transpose(0, 1).contiguous().transpose(0, 1) for t in (q, k, v))
     out, lse = torch.ops.seqops.attention_varlen_fwd(q, k, v, cu_q, cu_k, seed, scale, causal, p)
     args = (torch.randn_like(out), torch.randn_like(lse), q.detach(), k.detach(), v.detach(), cu_q, cu_k, seed,
             out.detach(), lse.detach(), scale, causal, p)

@@ -24,13 +24,16 @@ from seqops.ops.errors import InvalidArgumentError
 __all__ = ["attention_varlen", "attention_varlen_with_lse", "jagged_attention"]
 
 _ops = torch.ops.seqops
+# The ops read the cumulative lengths on the host (a sync), which a CUDA graph cannot capture: the tag keeps
+# torch.compile's CUDA graphs (mode="reduce-overhead") from trying.
+_HOST_SYNC = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The custom ops.
 
 
-@torch.library.custom_op("seqops::attention_varlen_fwd", mutates_args=())
+@torch.library.custom_op("seqops::attention_varlen_fwd", mutates_args=(), tags=_HOST_SYNC)
 def attention_varlen_fwd(
     q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, seed: Tensor | None,
     scale: float, is_causal: bool, dropout_p: float,
@@ -55,7 +58,7 @@ def _attention_varlen_fwd_fake(q, k, v, cu_q, cu_k, seed, scale, is_causal, drop
     return q.new_empty((Nq, H, v.shape[2])), q.new_empty((H, Nq), dtype=_lse_dtype(q.dtype))
 
 
-@torch.library.custom_op("seqops::attention_varlen_bwd", mutates_args=())
+@torch.library.custom_op("seqops::attention_varlen_bwd", mutates_args=(), tags=_HOST_SYNC)
 def attention_varlen_bwd(
     dout: Tensor, dlse: Tensor | None, q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor,
     seed: Tensor | None, out: Tensor, lse: Tensor, scale: float, is_causal: bool, dropout_p: float,
@@ -74,7 +77,7 @@ def attention_varlen_bwd(
 @attention_varlen_bwd.register_fake
 def _attention_varlen_bwd_fake(dout, dlse, q, k, v, cu_q, cu_k, seed, out, lse, scale, is_causal, dropout_p):
     check_varlen_backward_args("attention_varlen_bwd", dout, dlse, q, k, v, cu_q, cu_k, seed, out, lse, dropout_p)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as the op's
 
 
 def _setup_context(ctx, inputs, output):
