@@ -16,16 +16,21 @@ def _check_same_device(op, named, device):
             raise InvalidArgumentError(f"{op}: {name} is on {t.device}, q on {device}")
 
 
-def check_forward_args(op, q, k, v, mask, seed, dropout_p):
-    """q [B, H, L, E], k [B, Hkv, S, E], v [B, Hkv, S, Ev] with Hkv dividing H; mask None or [B, H, L, S];
-    seed [1] int64 when dropout_p > 0."""
+def check_qkv_layout(op, q, k, v, layout):
+    """q, k and v of the dims `layout` names ("4-D [...]") and of one floating dtype."""
+    dims = int(layout[0])
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise InvalidArgumentError(f"{op}: {name} must be 4-D [batch, heads, length, head_dim], got shape "
-                                       f"{tuple(t.shape)}")
+        if t.dim() != dims:
+            raise InvalidArgumentError(f"{op}: {name} must be {layout}, got shape {tuple(t.shape)}")
     if not q.dtype.is_floating_point or not q.dtype == k.dtype == v.dtype:
         raise InvalidDtypeError(f"{op}: q, k and v must share one floating dtype, got {q.dtype}, {k.dtype}, "
                                 f"{v.dtype}")
+
+
+def check_forward_args(op, q, k, v, mask, seed, dropout_p):
+    """q [B, H, L, E], k [B, Hkv, S, E], v [B, Hkv, S, Ev] with Hkv dividing H; mask None or [B, H, L, S];
+    seed [1] int64 when dropout_p > 0."""
+    check_qkv_layout(op, q, k, v, "4-D [batch, heads, length, head_dim]")
     _check_same_device(op, (("k", k), ("v", v), ("mask", mask), ("seed", seed)), q.device)
     (B, H, L, E), (Bk, Hkv, S, Ek), (Bv, Hv, Sv, _) = q.shape, k.shape, v.shape
     if not B == Bk == Bv:

@@ -4,7 +4,7 @@ the kernels index rows by them unchecked."""
 
 import torch
 
-from seqops.ops.attention_op_checks import check_backward_tensors
+from seqops.ops.attention_op_checks import check_backward_tensors, check_qkv_layout
 from seqops.ops.errors import InvalidArgumentError, InvalidDtypeError
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -13,13 +13,7 @@ _INDEX_DTYPES = (torch.int32, torch.int64)
 def check_varlen_forward_args(op, q, k, v, cu_q, cu_k, seed, dropout_p):
     """q [Nq, H, E], k [Nk, Hkv, E], v [Nk, Hkv, Ev] with Hkv dividing H; cu_q, cu_k [B + 1] int32/int64 on q's
     device; seed [1] int64 when dropout_p > 0."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 3:
-            raise InvalidArgumentError(f"{op}: {name} must be 3-D [rows, heads, head_dim], got shape "
-                                       f"{tuple(t.shape)}")
-    if not q.dtype.is_floating_point or not q.dtype == k.dtype == v.dtype:
-        raise InvalidDtypeError(f"{op}: q, k and v must share one floating dtype, got {q.dtype}, {k.dtype}, "
-                                f"{v.dtype}")
+    check_qkv_layout(op, q, k, v, "3-D [rows, heads, head_dim]")
     for name, t in (("k", k), ("v", v), ("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k), ("seed", seed)):
         if t is not None and t.device != q.device:
             raise InvalidArgumentError(f"{op}: {name} is on {t.device}, q on {q.device}")
