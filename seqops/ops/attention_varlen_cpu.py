@@ -17,16 +17,21 @@ def _as_batch(t):
     return t.transpose(0, 1).unsqueeze(0)  # [rows, heads, dim] -> [1, heads, rows, dim]
 
 
-def sequence_dropout_keep(seed, bounds, heads, b, dropout_p):
+def _longest(bounds):
+    # (longest query length, longest key length): the kernels' dropout grid is [B * H, max_q, max_k]
+    return max(hi - lo for lo, hi, _, _ in bounds), max(hi - lo for _, _, lo, hi in bounds)
+
+
+def sequence_dropout_keep(seed, bounds, heads, b, dropout_p, longest=None):
     """Sequence b's keep-mask [H, Lb, Sb], drawn one sequence at a time (the whole [B, H, max_q, max_k] grid would
     take B * max^2 bytes a head). Where the kernels run (CUDA, the interpreter) it is their draw: rows b * H.. of
-    their [B * H, max_q, max_k] philox grid. On the CPU route, a CPU generator seeded with seed + b."""
+    their [B * H, max_q, max_k] philox grid. On the CPU route, a CPU generator seeded with seed + b.
+    longest: _longest(bounds), for callers drawing every sequence's mask."""
     q0, q1, k0, k1 = bounds[b]
     if (seed.device.type == "cuda" or _INTERPRET) and _triton_available():
         from seqops.kernels.attention_dropout import attention_dropout_mask_rows
 
-        max_q = max(hi - lo for lo, hi, _, _ in bounds)
-        max_k = max(hi - lo for _, _, lo, hi in bounds)
+        max_q, max_k = longest or _longest(bounds)
         return attention_dropout_mask_rows(seed, b * heads, heads, q1 - q0, k1 - k0, max_q, max_k, dropout_p)
     gen = torch.Generator(device="cpu").manual_seed(int(seed.item()) + b)
     return (torch.rand((heads, q1 - q0, k1 - k0), generator=gen) >= dropout_p).to(seed.device)
@@ -44,8 +49,10 @@ def forward(q, k, v, bounds, seed, scale, is_causal, dropout_p, differentiable=F
         def attend(b, q4, k4, v4):
             return attention_cpu.forward(q4, k4, v4, None, scale, is_causal)
     else:
+        longest = _longest(bounds) if bounds else None
+
         def attend(b, q4, k4, v4):
-            keep_b = sequence_dropout_keep(seed, bounds, H, b, dropout_p)[None] if dropout_p > 0 else None
+            keep_b = sequence_dropout_keep(seed, bounds, H, b, dropout_p, longest)[None] if dropout_p > 0 else None
             return reference_attention_with_lse(q4, k4, v4, None, dropout_p, is_causal, scale, enable_gqa=True,
                                                 upcast=True, dropout_mask=keep_b)
     outs, lses = [], []
@@ -70,8 +77,10 @@ def backward(dout, dlse, q, k, v, bounds, seed, out, lse, scale, is_causal, drop
         def grads(b, dout4, dlse3, q4, k4, v4, out4, lse3):
             return attention_cpu.backward(dout4, q4, k4, v4, None, out4, lse3, scale, is_causal)
     else:
+        H, longest = q.shape[1], _longest(bounds) if bounds else None
+
         def grads(b, dout4, dlse3, q4, k4, v4, out4, lse3):
-            keep_b = sequence_dropout_keep(seed, bounds, q.shape[1], b, dropout_p)[None] if dropout_p > 0 else None
+            keep_b = sequence_dropout_keep(seed, bounds, H, b, dropout_p, longest)[None] if dropout_p > 0 else None
             return reference_grads(dout4, dlse3, q4, k4, v4, None, keep_b, out4, lse3, scale, is_causal,
                                    dropout_p)[:3]
     dq, dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
