@@ -137,6 +137,22 @@ def test_sequence_dropout_masks_are_the_kernels_draw_or_the_cpu_generator_s():
             assert torch.equal(keep, torch.rand((H, lq, lk), generator=gen) >= p)
 
 
+@pytest.mark.parametrize("cu", [[0], [0, 0, 0]], ids=["no_sequence", "empty_sequences"])
+def test_empty_inputs(cu):
+    q, k, v = packed([0], 2, 8), packed([0], 2, 8), packed([0], 2, 4)
+    out, lse = seqops.attention_varlen_with_lse(q, k, v, cu, cu)
+    assert out.shape == (0, 2, 4) and lse.shape == (2, 0)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
+
+
+def test_queries_without_any_key_give_zeros_and_zero_gradients():
+    q, k, v = packed([5], 2, 8), packed([0], 2, 8), packed([0], 2, 8)
+    out, lse = seqops.attention_varlen_with_lse(q, k, v, [0, 5], [0, 0])
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()
+    assert torch.equal(torch.autograd.grad(out, q, torch.randn_like(out))[0], torch.zeros_like(q))
+
+
 def test_non_contiguous_inputs_and_lengths():
     lengths = [9, 14]
     qkv = torch.randn(23, 3, 2, 16, requires_grad=True)  # a fused projection's [rows, (q, k, v), heads, dim]
