@@ -19,8 +19,8 @@ from seqops.ops.attention import attention, attention_with_lse
 pytestmark = pytest.mark.usefixtures("each_device")
 
 
-def _check_fp16(q, k, v, **kwargs):
-    """fp16 kernels: FlashAttention rule vs the float64 result, PyTorch's fp16 computation as the baseline."""
+def _check_low_precision(q, k, v, **kwargs):
+    """fp16/bf16: FlashAttention rule vs the float64 result, PyTorch's own computation in that dtype as the baseline."""
     out = attention(q, k, v, **kwargs)
     grad_out = torch.randn_like(out)
     exact, exact_grads = float64_oracle(q, k, v, grad_out, **kwargs)
@@ -55,13 +55,22 @@ def test_value_head_dim_differs(E, Ev):
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_fp16_flash_rule(E, is_causal):
     q, k, v = make_qkv((1, 2, 37, E), (1, 2, 45, E), (1, 2, 45, E), dtype=torch.float16)
-    _check_fp16(q, k, v, is_causal=is_causal)
+    _check_low_precision(q, k, v, is_causal=is_causal)
+
+
+# On CPU tensors bf16 skips the interpreter, whose tl.dot gets bf16 wrong: its numbers must be right all the same.
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_bf16_flash_rule(is_causal):
+    q, k, v = make_qkv((2, 2, 37, 64), (2, 2, 45, 64), (2, 2, 45, 64), dtype=torch.bfloat16)
+    mask = torch.rand(2, 1, 1, 45, device=q.device) > 0.2
+    _check_low_precision(q, k, v, is_causal=is_causal)
+    _check_low_precision(q, k, v, attn_mask=mask)
 
 
 def test_fp16_flash_rule_with_mask_and_gqa():
     q, k, v = make_qkv((2, 4, 29, 64), (2, 2, 31, 64), (2, 2, 31, 64), dtype=torch.float16)
     mask = torch.rand(2, 1, 1, 31) > 0.3
-    _check_fp16(q, k, v, attn_mask=mask, enable_gqa=True)
+    _check_low_precision(q, k, v, attn_mask=mask, enable_gqa=True)
 
 
 def test_scale():
@@ -110,7 +119,7 @@ def test_float_mask_without_gradient_and_fp16_query_with_fp32_mask():
     q, k, v = make_qkv((1, 2, 17, 16), (1, 2, 21, 16), (1, 2, 21, 16))
     check_fp32(q, k, v, attn_mask=torch.randn(17, 21))
     qh, kh, vh = make_qkv((1, 2, 17, 16), (1, 2, 21, 16), (1, 2, 21, 16), dtype=torch.float16)
-    _check_fp16(qh, kh, vh, attn_mask=torch.randn(17, 21))
+    _check_low_precision(qh, kh, vh, attn_mask=torch.randn(17, 21))
 
 
 def test_mask_is_not_materialised_per_head():
@@ -278,7 +287,7 @@ def test_tma_path_in_the_interpreter(monkeypatch, is_causal):
 def test_autocast_runs_in_the_autocast_dtype_like_sdpa(each_device):
     q, k, v = make_qkv((1, 2, 17, 16), (1, 2, 21, 16), (1, 2, 21, 16), requires_grad=False)
     mask = torch.randn(17, 21)
-    # CPU autocast's dtype is bf16, which the interpreter computes wrongly: fp16 here, bf16 on the GPU suite.
+    # CPU autocast's dtype is bf16, which skips the interpreter (its tl.dot gets bf16 wrong): fp16 keeps the kernels.
     with torch.autocast(each_device, dtype=torch.float16):
         out = attention(q, k, v, attn_mask=mask)
         theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

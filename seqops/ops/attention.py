@@ -7,7 +7,8 @@ device (so ``torch.manual_seed`` reproduces a dropout draw, and the backward reg
 
 Routing: CUDA tensors run the Triton kernels; CPU tensors run PyTorch's CPU flash-attention kernels where
 they compute the same function and the reference elsewhere (attention_cpu.py), except when
-``TRITON_INTERPRET=1`` was set before import, when they run the Triton kernels in the interpreter. float64 and
+``TRITON_INTERPRET=1`` was set before import, when they run the Triton kernels in the interpreter (bf16 excepted:
+the interpreter's tl.dot gets bf16 wrong). float64 and
 head dims above 256 run the reference everywhere. ``attention`` on CPU tensors that SDPA itself would run on
 its CPU flash kernel calls SDPA (the same kernel, without the ops' Python around it; _sdpa_runs_cpu_flash).
 """
@@ -47,7 +48,11 @@ def _triton_available():
 def _runs_kernels(q, v):
     if q.dtype not in _KERNEL_DTYPES or max(q.shape[-1], v.shape[-1]) > MAX_KERNEL_HEAD_DIM:
         return False
-    if q.device.type == "cuda" or (q.device.type == "cpu" and _INTERPRET):
+    if q.device.type == "cuda":
+        return _triton_available()
+    # Triton's interpreter multiplies bf16 tiles wrongly (tl.dot reads their bits as integers; triton 3.8), so bf16
+    # CPU tensors take the CPU route, which computes them as SDPA does, instead of returning garbage.
+    if q.device.type == "cpu" and _INTERPRET and q.dtype != torch.bfloat16:
         return _triton_available()
     return False
 
