@@ -23,10 +23,10 @@ from .attention_common import (
     INTERPRET_TILES,
     INTERPRETING,
     LOG2E,
-    LOG2E_K,
     SMEM_DEFAULT,
     SMEM_SM90,
     apply_score_masks,
+    backward_shift,
     device_guard,
     dot_precision,
     dropout_keep,
@@ -92,9 +92,7 @@ def _dkdv_query_blocks(
                            in_rows[None, :], offs_d[:, None] < E, CHECK_BOUNDS, PAD_D)
             do = load_tile(DO_head + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
                            in_rows[:, None], offs_dv[None, :] < EV, CHECK_BOUNDS, PAD_D)
-        lse2 = tl.load(Lse_head + offs_m, mask=in_rows, other=0.0) * LOG2E_K
-        # Fully masked rows have lse = -inf and all scores -inf: shift by 0 so their p is 0, not NaN.
-        lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)
+        lse2 = backward_shift(tl.load(Lse_head + offs_m, mask=in_rows, other=0.0))
         delta = tl.load(Delta_head + offs_m, mask=in_rows, other=0.0)
         st = tl.dot(k, qt, input_precision=PRECISION) * qk_scale                      # [BLOCK_N, BLOCK_M]
         st = apply_score_masks(st, offs_m[None, :], offs_n[:, None], Mask_head, smm, smn, L, S,
@@ -278,8 +276,7 @@ def attention_bwd_dq_kernel(
     do = tl.load(DO + off_b * sdob + off_h * sdoh + q_rows[:, None] * sdom + offs_dv[None, :] * sdod,
                  mask=in_rows[:, None] & (offs_dv[None, :] < EV), other=0.0)          # [BLOCK_M, BLOCK_DV]
     first_row = lse_row_start(bh, off_h, q_row0, L, LSE_ROW, VARLEN)
-    lse2 = tl.load(Lse + first_row + offs_m, mask=in_rows, other=0.0) * LOG2E_K
-    lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)
+    lse2 = backward_shift(tl.load(Lse + first_row + offs_m, mask=in_rows, other=0.0))
     delta = tl.load(Delta + first_row + offs_m, mask=in_rows, other=0.0)
     K_head = K + off_b * skb + off_hkv * skh + k_row0 * skn
     V_head = V + off_b * svb + off_hkv * svh + k_row0 * svn

@@ -31,6 +31,7 @@ LOG2E = 1.4426950408889634
 # The same constants for use inside kernels (a global a kernel reads must be a constexpr).
 LOG2E_K = tl.constexpr(1.4426950408889634)
 LN2_K = tl.constexpr(0.6931471805599453)
+FLT_MAX_K = tl.constexpr(3.4028234663852886e38)
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -115,13 +116,28 @@ def apply_score_masks(
             keep = tl.load(Mask_head + r * smm + c * smn, mask=valid, other=0)
             s = tl.where(keep != 0, s, float("-inf"))
         else:
-            bias = tl.load(Mask_head + r * smm + c * smn, mask=valid, other=0.0)
-            s = s + bias.to(tl.float32) * LOG2E_K
+            bias = tl.load(Mask_head + r * smm + c * smn, mask=valid, other=0.0).to(tl.float32)
+            bias2 = bias * LOG2E_K
+            # A bias below -FLT_MAX / log2(e), such as torch.finfo(dtype).min (Hugging Face's padding mask),
+            # overflows to -inf in log2 units and would empty a row that SDPA averages uniformly: keep it finite.
+            bias2 = tl.where((bias2 == float("-inf")) & (bias != float("-inf")), -FLT_MAX_K, bias2)
+            s = s + bias2
     if ON_DIAGONAL:
         s = tl.where(rows >= cols, s, float("-inf"))
     if CHECK_BOUNDS:
         s = tl.where(valid, s, float("-inf"))
     return s
+
+
+@triton.jit
+def backward_shift(lse):
+    """The backward's shift of a row's log2 scores s, p = exp2(s - shift), from the forward's natural-log lse.
+
+    Rows without mass (lse = -inf, scores all -inf) and rows whose every score a finfo.min-like bias swamps
+    (lse near -FLT_MAX * ln 2, where fp32 cannot hold the log-sum's log l) shift by +inf: p = 0, never NaN.
+    """
+    lse2 = lse * LOG2E_K
+    return tl.where(lse2 < -0.5 * FLT_MAX_K, float("inf"), lse2)
 
 
 @triton.jit

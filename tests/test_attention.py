@@ -174,6 +174,36 @@ def test_fully_masked_rows_behave_as_sdpa(kind):
     assert torch.isneginf(lse[0, 1, 4]) and torch.isneginf(lse[1, :, 0]).all()
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # numpy, in the interpreter
+@pytest.mark.parametrize("floor", [torch.finfo(torch.float32).min, -2.4e38, -1e30], ids=str)
+def test_masks_of_huge_finite_values_average_rows_like_sdpa(floor):
+    # Hugging Face's additive padding masks hold finfo(dtype).min: a row masked wholly by it is SDPA's uniform
+    # average, not a fully masked row. In the kernels' log2 units such a value overflowed to -inf (below
+    # -FLT_MAX / log2 e); -1e30 never did.
+    q, k, v = make_qkv((2, 2, 13, 16), (2, 2, 19, 16), (2, 2, 19, 16))
+    mask = torch.randn(2, 1, 13, 19, device=q.device)
+    mask[..., 15:] = floor  # padded keys
+    mask[0, :, 4] = floor  # a padded query row: every key masked by a finite value
+    mask[1, :, 7, :9] = float("-inf")  # a row mixing -inf and the floor
+    mask[1, :, 7, 9:] = floor
+    out, lse = attention_with_lse(q, k, v, attn_mask=mask)
+    theirs = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask.double())
+    torch.testing.assert_close(out, theirs.float())
+    assert torch.isfinite(lse).all()
+    # fp32 cannot hold such a row's log-sum (its log l is lost below ulp(floor)), so the backward cannot rebuild
+    # its probabilities: gradients through it are finite, and exact for every other row.
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    assert all(torch.isfinite(g).all() for g in grads)
+    if floor < -1e38:
+        grad_out[0, :, 4] = 0
+        grad_out[1, :, 7] = 0
+    grads = torch.autograd.grad(attention(q, k, v, attn_mask=mask), (q, k, v), grad_out)
+    exact = torch.autograd.grad(theirs, (q, k, v), grad_out.double())
+    for name, got, want in zip(("dq", "dk", "dv"), grads, exact):
+        torch.testing.assert_close(got, want.float(), msg=name)
+
+
 @pytest.mark.parametrize(
     "shape_q,shape_k",
     [((9, 16), (11, 16)), ((3, 9, 16), (3, 11, 16)), ((2, 3, 2, 9, 16), (2, 3, 2, 11, 16)),
