@@ -94,6 +94,8 @@ BAD_INPUTS = [
     ("1-d", lambda attention, q, k, v: attention(q[0, 0, 0], k, v), ValueError, "at least 2 dims"),
     ("mask shape", lambda attention, q, k, v: attention(q, k, v, attn_mask=torch.ones(3, 5, dtype=torch.bool)),
      ValueError, "does not broadcast"),
+    ("mask adds dims", lambda attention, q, k, v: attention(q, k, v, attn_mask=torch.ones(1, 1, 1, 9, 11)),
+     ValueError, "not add dims"),
     ("mask dtype", lambda attention, q, k, v: attention(q, k, v, attn_mask=torch.ones(9, 11, dtype=torch.int32)),
      TypeError, "attn_mask must be bool"),
     ("mask float64", lambda attention, q, k, v: attention(q, k, v, attn_mask=torch.zeros(9, 11, dtype=torch.float64)),
@@ -133,6 +135,33 @@ def test_bad_inputs_raise_what_sdpa_raises(case):
         assert isinstance(ours.value, type(theirs)), (type(ours.value), type(theirs))
     else:  # SDPA's CPU kernel takes a value shorter than the key without a word
         assert isinstance(ours.value, RuntimeError)
+
+
+@pytest.mark.parametrize("mask_shape", [(1, 1, 9, 11), (1, 4, 9, 11), (3, 1, 9, 11), (1, 9, 11)], ids=str)
+def test_masks_of_3d_inputs_may_have_a_fourth_dim_of_one_as_in_sdpa(mask_shape):
+    # SDPA adds the mask to 3-D inputs' scores as [1, H, L, S]: one more leading dim of size 1 is allowed; a
+    # 2-D input's scores take none.
+    q, k, v = make_qkv((4, 9, 16), (4, 11, 16), (4, 11, 16), dtype=torch.float64)
+    mask = torch.randn(mask_shape, dtype=torch.float64, requires_grad=True)
+    if mask_shape[0] == 3:
+        with pytest.raises(ValueError, match="not add dims"):
+            attention(q, k, v, attn_mask=mask)
+        with pytest.raises(RuntimeError):
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return
+    out = attention(q, k, v, attn_mask=mask)
+    theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert out.shape == theirs.shape == q.shape
+    torch.testing.assert_close(out, theirs)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v, mask), grad),
+                    torch.autograd.grad(theirs, (q, k, v, mask), grad)):
+        torch.testing.assert_close(a, b)
+    q2, k2, v2, mask3 = q[0], k[0], v[0], torch.randn(1, 9, 11, dtype=torch.float64)
+    with pytest.raises(ValueError, match="not add dims"):
+        attention(q2, k2, v2, attn_mask=mask3)
+    with pytest.raises(RuntimeError):
+        F.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask3)
 
 
 def test_gqa_with_different_key_and_value_heads_matches_sdpa():

@@ -349,6 +349,7 @@ def _canonicalise(query, key, value, attn_mask, enable_gqa):
     v4 = canon(value, Hkv, S, EV)
     m4 = None
     if attn_mask is not None:
+        attn_mask = _mask_of_output_rank(attn_mask, out_dims, (*batch, H, L, S)[-out_dims:])
         try:
             m = attn_mask.expand(*batch, H, L, S)
         except RuntimeError:
@@ -411,6 +412,16 @@ def _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, enable_gqa):
         return True
     return (attn_mask.dtype == torch.bool or (attn_mask.dtype == query.dtype and not attn_mask.requires_grad)) and (
         _mask_broadcasts(attn_mask, (*query.shape[:-1], key.shape[-2])))
+
+
+def _mask_of_output_rank(mask, out_dims, scores_shape):
+    """The mask without the leading size-1 dims SDPA lets it have beyond the output's rank. SDPA adds it in place
+    to scores of that rank (3-D inputs as [1, H, L, S]), so a mask may not add dims of its own."""
+    extra = mask.dim() - out_dims
+    if extra > (1 if out_dims == 3 else 0) or any(n != 1 for n in mask.shape[:max(extra, 0)]):
+        raise InvalidArgumentError(f"attention: attn_mask of shape {tuple(mask.shape)} has more dims than the "
+                                   f"scores {tuple(scores_shape)}; it may broadcast over them, not add dims (as SDPA)")
+    return mask.reshape(mask.shape[extra:]) if extra > 0 else mask
 
 
 def _mask_broadcasts(mask, shape):
