@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from seqops.nn._autocast import autocast_dtype, autocast_off, cast, result_dtype
 from seqops.ops.rnn_layer import _onednn_lstm_applies, rnn_layer
-from seqops.ops.rnn_stack import rnn_stack, weights_from_flat
+from seqops.ops.rnn_stack import packed_batch, rnn_stack, weights_from_flat
 
 __all__ = ["LSTM", "GRU", "RNN"]
 
@@ -123,6 +123,10 @@ class _SeqopsRNNBase(nn.RNNBase):
         if hx is None:
             self.check_input(data, batch_sizes)
         else:
+            if batch_sizes is not None and torch.compiler.is_compiling():
+                # torch's check reads int(batch_sizes[0]), data that fullgraph cannot guard on: give it the batch
+                # read from shapes (see packed_batch).
+                batch_sizes = [packed_batch(input, (hx[0] if isinstance(hx, tuple) else hx).size(1))]
             self.check_forward_args(data, hx, batch_sizes)
         if batch_sizes is None and data.size(1 if self.batch_first else 0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")

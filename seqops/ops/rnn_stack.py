@@ -74,6 +74,18 @@ def _stack(states):
     return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
 
 
+def packed_batch(packed, state_batch=None):
+    """A PackedSequence's batch, batch_sizes[0] (on the CPU: no sync). Under torch.compile that value is data,
+    which fullgraph cannot guard on, so it is read from shapes there: sorted_indices' length, else (a sorted
+    input) the initial states' own batch, whose check is then the op's, against batch_sizes, when it runs."""
+    _, batch_sizes, sorted_indices, _ = packed
+    if not torch.compiler.is_compiling():
+        return int(batch_sizes[0])
+    if sorted_indices is not None:
+        return sorted_indices.numel()
+    return state_batch if state_batch is not None else int(batch_sizes[0])
+
+
 def _check_state(name, state, expected, input):
     if state.dtype != input.dtype:
         raise RuntimeError(
@@ -155,7 +167,7 @@ def rnn_stack(
     unbatched = False
     if packed:
         x, batch_sizes, sorted_indices, unsorted_indices = input
-        batch = int(batch_sizes[0])  # batch_sizes lives on the CPU: no device sync
+        batch = packed_batch(input)
     else:
         if input.dim() not in (2, 3):
             raise ValueError(f"{mode}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
@@ -178,6 +190,8 @@ def rnn_stack(
         c0 = x.new_zeros(states, batch, hidden_size) if is_lstm else None
     else:
         h0, c0 = _split_hx(mode, hx, unbatched)
+        if packed:
+            batch = packed_batch(input, h0.shape[1])
         _check_state("h_0" if is_lstm else "hidden", h0, (states, batch, state_size), x)
         if is_lstm:
             _check_state("c_0", c0, (states, batch, hidden_size), x)
