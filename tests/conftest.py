@@ -30,6 +30,19 @@ def devices():
     return ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
+def strided_copy(t):
+    """t's values in a non-contiguous layout (matrices column-major, vectors every other element), keeping
+    requires_grad; anything else (None, flags, integer batch sizes) as it is."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() == 0:
+        return t
+    if t.dim() >= 2:
+        copy = t.detach().mT.contiguous().mT
+    else:
+        copy = t.new_empty(2 * t.numel())[::2].copy_(t.detach())
+    assert not copy.is_contiguous() or t.numel() <= 1
+    return copy.requires_grad_(t.requires_grad)
+
+
 def raise_alike(error, theirs, ours, args):
     """Calls theirs(*args) and ours(*args), each expected to raise ``error``; returns both messages (ours, theirs)."""
     with pytest.raises(error) as theirs_error:

@@ -7,7 +7,7 @@ from error_rule import assert_error_rule
 from torch import nn
 
 import seqops
-from conftest import devices
+from conftest import devices, strided_copy
 from seqops import reference
 
 # kind -> (seqops function, reference function, torch.nn cell class factory, number of gates, has cell state)
@@ -187,19 +187,48 @@ def _op_args(kind, x, states, weights):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("alias", ["bias", "state_as_input"])
+def test_create_graph_with_one_tensor_in_two_slots(kind, alias):
+    # Double backward recomputes through the reference; a tensor in two slots must get each slot's partial
+    # gradient there, not the total in both (which doubled it).
+    _, x, states, weights = make_case(kind, 3, 5, 5, dtype=torch.float64)
+    x, *rest = leaves(x, *states, *weights)
+    states, weights = tuple(rest[: len(states)]), rest[len(states):]
+    if alias == "bias":
+        weights[3] = weights[2]
+    else:
+        x = states[0]
+    grads = []
+    for fn in (CELLS[kind][0], CELLS[kind][1]):
+        outs = call(kind, fn, x, states, weights)
+        wrt = [x, *states[1:], weights[0], weights[2]]
+        first = torch.autograd.grad(sum((o * o).sum() for o in outs), wrt, create_graph=True)
+        second = torch.autograd.grad(sum(g.sum() for g in first), wrt)
+        grads.append((*first, *second))
+    for ours, want in zip(*grads):
+        torch.testing.assert_close(ours, want)
+
+
+# strided: every argument non-contiguous (transposed matrices, strided vectors); the ops return contiguous
+# tensors, and their fake kernels must say so (torch.compile's backward asserts the fake's strides).
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_opcheck_forward_and_autograd(kind, bias):
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_opcheck_forward_and_autograd(kind, bias, layout):
     _, x, states, weights = make_case(kind, 3, 4, 5, bias=bias)
     op, args = _op_args(kind, *leaves(x), tuple(leaves(*states)), leaves(*weights))
-    torch.library.opcheck(op, args)
+    torch.library.opcheck(op, args if layout == "contiguous" else tuple(strided_copy(a) for a in args))
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_opcheck_backward_ops(kind):
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_opcheck_backward_ops(kind, layout):
     # Backward ops are never differentiated themselves (double backward goes through the reference), so plain
     # tensors: requires_grad would make opcheck look for an autograd formula they deliberately lack.
     _, x, states, weights = make_case(kind, 3, 4, 5)
     weights = [w.detach() for w in weights]
+    if layout == "strided":
+        x, states, weights = strided_copy(x), tuple(strided_copy(s) for s in states), [strided_copy(w) for w in weights]
     op, args = _op_args(kind, x, states, weights)
     saved = op(*args)
     grad_h = torch.randn(3, 5)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import seqops
-from conftest import devices
+from conftest import devices, strided_copy
 from seqops import reference
 from seqops.ops.rnn_layer import rnn_layer
 
@@ -219,9 +219,13 @@ def _forward_op(mode, args, reverse):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("packed", [False, True])
-def test_opcheck(mode, packed):
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_opcheck(mode, packed, layout):
+    # strided: every argument non-contiguous; the ops return contiguous tensors and their fakes must say so.
     args = make_layer(mode, T=3, B=3, I=2, H=4, dtype=torch.float32, lengths=[3, 2, 2] if packed else None,
                       proj=3 if mode == "LSTM" and packed else 0)
+    if layout == "strided":
+        args = {k: strided_copy(v) for k, v in args.items()}
     grad_args = {k: (v.requires_grad_() if k in DIFFERENTIABLE and v is not None else v) for k, v in args.items()}
     op, op_args = _forward_op(mode, grad_args, packed)
     torch.library.opcheck(op, op_args)

@@ -94,17 +94,20 @@ def double_backward_through(reference, inputs, outputs_grads):
     mode on, and then the gradient is recomputed through the pure-PyTorch reference, whose graph hangs off
     the original inputs, so second derivatives are exact. Slower, and only taken when asked for.
     """
-    wanted = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
+    # Each slot reads its own view: a tensor passed in two slots (b_ih is b_hh, a state fed back as the input)
+    # then gets each slot's partial gradient, which autograd sums over the slots, not the total in both.
+    wants = [isinstance(x, torch.Tensor) and x.requires_grad for x in inputs]
+    slots = [x.view_as(x) if want else x for x, want in zip(inputs, wants)]
     outputs, grads = [], []
-    for out, grad in zip(reference(*inputs), outputs_grads):
+    for out, grad in zip(reference(*slots), outputs_grads):
         if grad is not None:
             outputs.append(out)
             grads.append(grad)
+    wanted = [x for x, want in zip(slots, wants) if want]
     if not outputs or not wanted:
         return tuple(None for _ in inputs)
-    found = torch.autograd.grad(outputs, wanted, grads, create_graph=True, allow_unused=True)
-    by_id = {id(x): g for x, g in zip(wanted, found)}
-    return tuple(by_id.get(id(x)) if isinstance(x, torch.Tensor) else None for x in inputs)
+    found = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=True, allow_unused=True))
+    return tuple(next(found) if want else None for want in wants)
 
 
 def workspace_outputs(ctx, *tensors):

@@ -37,3 +37,9 @@ def on_one_device(op):
         return checked
 
     return wrap
+
+
+def contiguous_like(t):
+    """An empty tensor of t's shape, dtype and device, contiguous whatever t's strides: what the C++ ops return
+    (empty_like keeps a transposed argument's strides, and a fake's strides must be the op's)."""
+    return t.new_empty(t.shape)

@@ -7,7 +7,7 @@ from seqops.nn._autocast import with_autocast
 from seqops.ops import onnx_export
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd, workspace_outputs, zeros_if_none
 from seqops.ops._cell_args import batch_cell_args, check_cell_args
-from seqops.ops.fake_devices import on_one_device
+from seqops.ops.fake_devices import contiguous_like, on_one_device
 
 _ops = torch.ops.seqops
 
@@ -23,7 +23,7 @@ def _gru_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh):
 @torch.library.register_fake("seqops::gru_cell_backward")
 @on_one_device("gru_cell_backward")
 def _gru_cell_backward_fake(grad_h1, input, hx, w_ih, w_hh, gates, hn):
-    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+    return (contiguous_like(input), contiguous_like(hx), contiguous_like(w_ih), contiguous_like(w_hh),
             w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape[0]))
 
 

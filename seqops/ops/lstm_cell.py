@@ -14,7 +14,7 @@ from seqops.ops._autograd import (
     zeros_if_none,
 )
 from seqops.ops._cell_args import batch_cell_args, check_cell_args, lstm_states
-from seqops.ops.fake_devices import on_one_device
+from seqops.ops.fake_devices import contiguous_like, on_one_device
 
 _ops = torch.ops.seqops
 
@@ -30,8 +30,8 @@ def _lstm_cell_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
 @torch.library.register_fake("seqops::lstm_cell_backward")
 @on_one_device("lstm_cell_backward")
 def _lstm_cell_backward_fake(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, c1, gates):
-    return (torch.empty_like(input), torch.empty_like(hx), torch.empty_like(cx), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), w_ih.new_empty(w_ih.shape[0]))
+    return (contiguous_like(input), contiguous_like(hx), contiguous_like(cx), contiguous_like(w_ih),
+            contiguous_like(w_hh), w_ih.new_empty(w_ih.shape[0]))
 
 
 def _setup_context(ctx, inputs, output):

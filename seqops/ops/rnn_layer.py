@@ -14,7 +14,7 @@ from seqops.nn._autocast import with_autocast
 from seqops.ops import onnx_export
 from seqops.ops._autograd import bias_grads, call_op, double_backward_through, register_autograd, zeros_if_none
 from seqops.ops._autograd import workspace_outputs as _workspace
-from seqops.ops.fake_devices import on_one_device
+from seqops.ops.fake_devices import contiguous_like, on_one_device
 
 _ops = torch.ops.seqops
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
@@ -31,15 +31,15 @@ def _rows(input, batch_sizes):
 
 def _grad_input_like(input, input_grad):
     # The backward ops skip the input-gradient GEMM when input_grad is False and return an empty tensor.
-    return torch.empty_like(input) if input_grad else input.new_empty(0)
+    return contiguous_like(input) if input_grad else input.new_empty(0)
 
 
 @torch.library.register_fake("seqops::lstm_layer_forward")
 @on_one_device("lstm_layer_forward")
 def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     rows, hidden = _rows(input, batch_sizes), cx.shape[1]
-    return (input.new_empty(_output_shape(input, batch_sizes, hx.shape[1])), torch.empty_like(hx),
-            torch.empty_like(cx), input.new_empty(rows, 4 * hidden), input.new_empty(rows, hidden),
+    return (input.new_empty(_output_shape(input, batch_sizes, hx.shape[1])), contiguous_like(hx),
+            contiguous_like(cx), input.new_empty(rows, 4 * hidden), input.new_empty(rows, hidden),
             input.new_empty(rows if w_hr is not None else 0, hidden))
 
 
@@ -47,16 +47,16 @@ def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
 @on_one_device("lstm_layer_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, reverse,
                         output, gates, cells, proj_in, input_grad):
-    return (_grad_input_like(input, input_grad), torch.empty_like(hx), torch.empty_like(cx), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), w_ih.new_empty(w_ih.shape[0]),
-            torch.empty_like(w_hr) if w_hr is not None else w_ih.new_empty(0))
+    return (_grad_input_like(input, input_grad), contiguous_like(hx), contiguous_like(cx), contiguous_like(w_ih),
+            contiguous_like(w_hh), w_ih.new_empty(w_ih.shape[0]),
+            contiguous_like(w_hr) if w_hr is not None else w_ih.new_empty(0))
 
 
 @torch.library.register_fake("seqops::gru_layer_forward")
 @on_one_device("gru_layer_forward")
 def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
     rows, hidden = _rows(input, batch_sizes), hx.shape[1]
-    return (input.new_empty(_output_shape(input, batch_sizes, hidden)), torch.empty_like(hx),
+    return (input.new_empty(_output_shape(input, batch_sizes, hidden)), contiguous_like(hx),
             input.new_empty(rows, 3 * hidden), input.new_empty(rows, hidden))
 
 
@@ -64,21 +64,21 @@ def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
 @on_one_device("gru_layer_backward")
 def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, output, gates, hn,
                        input_grad):
-    return (_grad_input_like(input, input_grad), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+    return (_grad_input_like(input, input_grad), contiguous_like(hx), contiguous_like(w_ih), contiguous_like(w_hh),
             w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape[0]))
 
 
 @torch.library.register_fake("seqops::rnn_layer_forward")
 @on_one_device("rnn_layer_forward")
 def _rnn_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, relu):
-    return input.new_empty(_output_shape(input, batch_sizes, hx.shape[1])), torch.empty_like(hx)
+    return input.new_empty(_output_shape(input, batch_sizes, hx.shape[1])), contiguous_like(hx)
 
 
 @torch.library.register_fake("seqops::rnn_layer_backward")
 @on_one_device("rnn_layer_backward")
 def _rnn_backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, reverse, relu, output,
                        input_grad):
-    return (_grad_input_like(input, input_grad), torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+    return (_grad_input_like(input, input_grad), contiguous_like(hx), contiguous_like(w_ih), contiguous_like(w_hh),
             w_ih.new_empty(w_ih.shape[0]))
 
 
