@@ -27,6 +27,13 @@ from benchmarks.providers import all_provider_names
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,18 +44,18 @@ def parse_args(argv=None):
     ap.add_argument("--ops", nargs="+", help="lstm gru rnn_tanh (layers and cells), lstm_cell ..., attn")
     ap.add_argument("--modes", nargs="+", choices=cases_mod.MODES)
     ap.add_argument("--dtypes", nargs="+", choices=tuple(cases_mod.DTYPES),
-                    help="keep the selected cases of these dtypes; with size options, or where none has "
-                    "them, run every selected shape in each")
+                    help="keep the selected cases of each of these dtypes; with size options, or for a "
+                    "dtype that no selected case has, run every selected shape in it")
     ap.add_argument("--providers", nargs="+", choices=all_provider_names(), metavar="NAME",
                     help=f"some of {', '.join(all_provider_names())}; default: all of the device's, less "
                     "the torch.compile ones (compile-ref, flex) on the CPU and in --quick")
     ap.add_argument("--filter", nargs="+", metavar="TEXT", help="keep cases whose name contains any TEXT")
     sizes = ap.add_argument_group("sizes (each replaces that dimension of the selected cases by its values)")
-    sizes.add_argument("--batch", nargs="+", type=int)
-    sizes.add_argument("--seq-len", nargs="+", type=int, help="T for RNNs, L = S for attention")
-    sizes.add_argument("--hidden", nargs="+", type=int, help="H = I for cells and RNNs")
-    sizes.add_argument("--heads", nargs="+", type=int)
-    sizes.add_argument("--head-dim", nargs="+", type=int)
+    sizes.add_argument("--batch", nargs="+", type=positive_int)
+    sizes.add_argument("--seq-len", nargs="+", type=positive_int, help="T for RNNs, L = S for attention")
+    sizes.add_argument("--hidden", nargs="+", type=positive_int, help="H = I for cells and RNNs")
+    sizes.add_argument("--heads", nargs="+", type=positive_int)
+    sizes.add_argument("--head-dim", nargs="+", type=positive_int)
     ap.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<device-slug>)")
     ap.add_argument("--fresh", action="store_true", help="replace the folder's results instead of merging")
     ap.add_argument("--no-plots", action="store_true")
@@ -69,7 +76,12 @@ def parse_args(argv=None):
 def resolve_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise SystemExit(f"--device {name}: not a device torch knows ({error})") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {name}: the benchmarks run on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but no CUDA device is visible")
     return device
@@ -83,10 +95,12 @@ def pick_cases(args, device_type):
                                      heads=args.heads, D=args.head_dim)
     if dtypes:
         resized = args.batch or args.seq_len or args.hidden or args.heads or args.head_dim
-        kept = cases_mod.select(sized, dtypes=dtypes)
-        # explicit sizes, or no selected case in these dtypes: build each selected shape in each of them
-        sized = kept if kept and not resized else cases_mod.dedupe(
-            [replace(c, dtype=d) for c in sized for d in dtypes])
+        picked = []
+        for dtype in dtypes:
+            # explicit sizes, or no selected case in this dtype: build each selected shape in it
+            kept = [] if resized else cases_mod.select(sized, dtypes=[dtype])
+            picked += kept or [replace(c, dtype=dtype) for c in sized]
+        sized = cases_mod.dedupe(picked)
     return sized
 
 

@@ -105,7 +105,9 @@ def speedup_bars(rows, suite, out_dir):
     fig, ax = plt.subplots(figsize=(9, 1.6 + 0.3 * len(names) * max(1, len(providers) / 2)))
     for i, provider in enumerate(providers):
         ys = [j + i * height for j in range(len(names))]
-        ax.barh(ys, [data[n].get(provider, float("nan")) for n in names], height=height, label=provider)
+        ratios = [data[n].get(provider, float("nan")) for n in names]
+        # On a log axis a bar from 0 has no start: each bar runs from the 1x line, right if seqops is faster.
+        ax.barh(ys, [r - 1.0 for r in ratios], left=1.0, height=height, label=provider)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
     # ratios as '0.5x', '2x' on both major and minor ticks, not matplotlib's 10^0 and 2x10^0

@@ -86,6 +86,24 @@ def test_dtypes_convert_when_no_default_case_has_them():
     assert kept and {c.dtype for c in kept} == {"bf16"} and {c.mode for c in kept} == {"fwdbwd"}
 
 
+def test_each_dtype_listed_gets_its_cases():
+    # fp32 has CPU cases and bf16 none: bf16 must not be dropped because fp32 was kept.
+    cases = cli.pick_cases(cli.parse_args(["--suites", "cell", "--dtypes", "fp32", "bf16"]), "cpu")
+    cpu_cells = cli.pick_cases(cli.parse_args(["--suites", "cell"]), "cpu")
+    assert sorted(c.name for c in cases) == sorted(
+        [c.name for c in cpu_cells] + [c.name.replace("fp32", "bf16") for c in cpu_cells])
+
+
+@pytest.mark.parametrize("argv", [["--batch", "0"], ["--seq-len", "-1"], ["--device", "tpu"], ["--device", "xla"]],
+                         ids=str)
+def test_bad_sizes_and_devices_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.resolve_device(cli.parse_args(argv).device)
+    assert exit_info.value.code != 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+
+
 def test_skip_existing_runs_only_what_this_commit_has_not_measured(tmp_path, capsys):
     base = ["--device", "cpu", "--quick", "--budget", "0.001", "--out", str(tmp_path), "--no-plots",
             "--suites", "cell", "--providers", "torch.nn"]

@@ -50,3 +50,14 @@ def test_every_plot_is_written(tmp_path):
 
 def test_no_rows_no_plots(tmp_path):
     assert plots.write_plots([], tmp_path) == []
+
+
+def test_speedup_bars_run_from_the_1x_line(monkeypatch, tmp_path):
+    # On the log axis a bar from 0 has no visible start: a 0.5x bar must run left from 1x, a 2x bar right.
+    times = (("a", "seqops", 1.0), ("a", "torch.nn", 0.5), ("b", "seqops", 1.0), ("b", "torch.nn", 2.0))
+    rows = [row(name=n, suite="cell", provider=p, median_ms=ms) for n, p, ms in times]
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig) and path)
+    plots.speedup_bars(rows, "cell", tmp_path)
+    bars = [(p.get_x(), p.get_x() + p.get_width()) for p in drawn["fig"].axes[0].patches]
+    assert sorted(tuple(sorted(b)) for b in bars) == [(0.5, 1.0), (1.0, 2.0)]
