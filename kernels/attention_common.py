@@ -12,6 +12,7 @@ stage), so a configuration that cannot launch is never tried.
 """
 
 import contextlib
+import functools
 import os
 import warnings
 
@@ -197,6 +198,7 @@ def prune_by_shared_memory(budget, resident="BLOCK_M", streamed="BLOCK_N", strea
     the first one: tiles chosen by timing can differ between runs, and with them the summation order."""
     def prune(configs, named_args, **kwargs):
         elt = named_args["Q"].element_size()
+        fits = shared_memory_budget(budget, named_args["Q"].device) - SMEM_SLACK
         block_d, block_dv = kwargs.get("BLOCK_D", named_args.get("BLOCK_D")), kwargs.get(
             "BLOCK_DV", named_args.get("BLOCK_DV")
         )
@@ -207,7 +209,7 @@ def prune_by_shared_memory(budget, resident="BLOCK_M", streamed="BLOCK_N", strea
             for c in configs
             if _smem_bytes(c.kwargs[resident], c.kwargs[streamed], block_d, block_dv, c.num_stages, elt, mask_elt,
                            streamed_vectors)
-            <= budget - SMEM_SLACK
+            <= fits
             and (elt < 4 or (c.kwargs[resident] * c.kwargs[streamed] <= FP32_MAX_TILE
                              and c.num_stages <= FP32_MAX_STAGES))
         ]
@@ -236,19 +238,36 @@ def _configs(triples, warps_stages):
 # entries are the last resort of fp32 at head dim 256 with a mask (the two-stage tiles measured 237 KB there).
 FWD_CONFIGS_SM90 = _configs([(128, 64), (128, 128), (64, 64)], [(8, 3), (8, 4), (4, 3)]) + _configs(
     [(64, 32)], [(4, 2)]) + _configs([(32, 16)], [(4, 1)])
-FWD_CONFIGS_DEFAULT = _configs([(128, 64), (64, 64), (64, 32)], [(4, 2), (4, 3)])
+# The default lists end in the same one-stage last resorts: on sm80 (163 KB) fp32 at head dims above 128 fits
+# nothing larger (the dQ (64, 32) two-stage build takes 200 KB there), nor does bf16 at 256 on ~99 KB parts.
+FWD_CONFIGS_DEFAULT = _configs([(128, 64), (64, 64), (64, 32)], [(4, 2), (4, 3)]) + _configs([(32, 16)], [(4, 1)])
 # dK/dV: BLOCK_N keys stay resident and BLOCK_M query rows stream, so here BLOCK_N is the larger tile.
 DKDV_CONFIGS_SM90 = _configs([(64, 128), (32, 128)], [(8, 3)]) + _configs([(64, 64)], [(8, 3), (4, 3)]) + _configs(
     [(32, 64)], [(4, 2)]) + _configs([(16, 32)], [(4, 1)])
-DKDV_CONFIGS_DEFAULT = _configs([(32, 64), (64, 64)], [(4, 2)]) + _configs([(16, 32)], [(4, 2)])
+DKDV_CONFIGS_DEFAULT = _configs([(32, 64), (64, 64)], [(4, 2)]) + _configs([(16, 32)], [(4, 2), (4, 1)])
 DQ_CONFIGS_SM90 = _configs([(128, 64), (64, 64)], [(8, 3), (4, 3)]) + _configs([(64, 32)], [(4, 2)]) + _configs(
     [(32, 16)], [(4, 1)])
-DQ_CONFIGS_DEFAULT = _configs([(64, 64), (64, 32)], [(4, 2)])
+DQ_CONFIGS_DEFAULT = _configs([(64, 64), (64, 32)], [(4, 2)]) + _configs([(32, 16)], [(4, 1)])
 
-# Shared-memory budgets per block, bytes (opt-in maxima: sm90 227 KB; the default assumes sm80's 163 KB and
-# relies on the smallest-config fallback on smaller parts).
+# Shared-memory budgets per block, bytes, where the device does not say (compiling without a GPU): the opt-in
+# maxima of sm90 (227 KB) and sm80 (163 KB). On a GPU the device's own opt-in maximum caps them (~99 KB on
+# sm86/sm89/sm120 parts), read once per device.
 SMEM_SM90 = 227 * 1024
 SMEM_DEFAULT = 160 * 1024
+
+
+@functools.cache
+def _device_shared_memory(index):
+    props = torch.cuda.get_device_properties(index)
+    return getattr(props, "shared_memory_per_block_optin", None)
+
+
+def shared_memory_budget(budget, device):
+    """budget, capped by what one block of `device` may opt in to (when it is a CUDA device that says)."""
+    if device.type != "cuda" or INTERPRETING:
+        return budget
+    found = _device_shared_memory(device.index if device.index is not None else torch.cuda.current_device())
+    return min(budget, found) if found else budget
 
 AUTOTUNE_KEY = [
     "L_BUCKET", "S_BUCKET", "BLOCK_D", "BLOCK_DV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "VARLEN", "USE_TMA",

@@ -156,7 +156,8 @@ def _tuned_kernels(device):
     from seqops.kernels import attention_bwd, attention_common, attention_fwd
 
     sm90 = attention_common.is_sm90(device)
-    budget = attention_common.SMEM_SM90 if sm90 else attention_common.SMEM_DEFAULT
+    budget = attention_common.shared_memory_budget(
+        attention_common.SMEM_SM90 if sm90 else attention_common.SMEM_DEFAULT, device)
     return budget, {  # kernel: (autotuner, resident tile, streamed tile)
         "fwd": (attention_fwd._fwd_sm90 if sm90 else attention_fwd._fwd_default, "BLOCK_M", "BLOCK_N"),
         "dkdv": (attention_bwd._dkdv_sm90 if sm90 else attention_bwd._dkdv_default, "BLOCK_N", "BLOCK_M"),

@@ -109,3 +109,54 @@ def test_deterministic_algorithms_run_the_first_configuration(monkeypatch):
         assert _prune(configs) == configs[:1]
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+class _CudaArgument:
+    """What pruning reads of a CUDA tensor argument, without a GPU."""
+
+    def __init__(self, dtype):
+        self.dtype, self.device = dtype, torch.device("cuda", 0)
+
+    def element_size(self):
+        return torch.empty(0, dtype=self.dtype).element_size()
+
+
+def test_pruning_caps_the_budget_by_the_device_s_own_shared_memory(monkeypatch):
+    # sm86/sm89/sm120 parts let a block opt in to ~99 KB, not sm80's 163 KB: the device's figure decides.
+    monkeypatch.setattr(ac, "AUTOTUNE", True)
+    monkeypatch.setattr(ac, "INTERPRETING", False)
+    monkeypatch.setattr(ac, "_device_shared_memory", lambda index: 101376)
+    meta = {"BLOCK_D": 256, "BLOCK_DV": 256, "MASK_KIND": ac.MASK_NONE}
+    prune = ac.prune_by_shared_memory(ac.SMEM_DEFAULT)
+    on_gpu = prune(ac.DQ_CONFIGS_DEFAULT, {"Q": _CudaArgument(torch.bfloat16)}, **meta)
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages) for c in on_gpu] == [(32, 16, 1)]
+    compiling = prune(ac.DQ_CONFIGS_DEFAULT, {"Q": torch.empty(1, dtype=torch.bfloat16)}, **meta)
+    assert len(compiling) == 2  # CPU tensors (builds without a GPU): the static budget
+
+
+KERNEL_TILES = {  # kernel: (default list, resident tile, streamed tile, streamed row vectors)
+    "fwd": (ac.FWD_CONFIGS_DEFAULT, "BLOCK_M", "BLOCK_N", 0),
+    "dkdv": (ac.DKDV_CONFIGS_DEFAULT, "BLOCK_N", "BLOCK_M", 2),
+    "dq": (ac.DQ_CONFIGS_DEFAULT, "BLOCK_M", "BLOCK_N", 0),
+}
+
+
+@pytest.mark.parametrize("kernel", list(KERNEL_TILES))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_default_lists_fit_sm80_and_99_kb_parts_at_every_head_dim(kernel, dtype):
+    # Pruning falls back to the smallest configuration when none fits, which then fails to launch: every case
+    # must have one that fits (fp32 at head dims above 128 did not on sm80). fp32 on ~99 KB parts is left out:
+    # its dK/dV at head dim 256 builds 0.4 KB over the estimate there.
+    configs, resident, streamed, vectors = KERNEL_TILES[kernel]
+    budgets = [ac.SMEM_DEFAULT] + ([101376] if dtype != torch.float32 else [])
+    elt = torch.empty(0, dtype=dtype).element_size()
+    for E, EV in [(16, 16), (64, 64), (128, 128), (160, 160), (256, 256), (256, 64), (64, 256)]:
+        for mask_elt in (0, 1, 4, elt):
+            for budget in budgets:
+                fitting = [c for c in configs
+                           if ac._smem_bytes(c.kwargs[resident], c.kwargs[streamed], ac.next_pow2_at_least_16(E),
+                                             ac.next_pow2_at_least_16(EV), c.num_stages, elt, mask_elt, vectors)
+                           <= budget - ac.SMEM_SLACK
+                           and (elt < 4 or (c.kwargs[resident] * c.kwargs[streamed] <= ac.FP32_MAX_TILE
+                                            and c.num_stages <= ac.FP32_MAX_STAGES))]
+                assert fitting, (kernel, dtype, E, EV, mask_elt, budget)
