@@ -282,6 +282,24 @@ def test_nan_propagates_as_in_pytorch(each_device):
     assert cpu_route or out.isnan().any()
 
 
+def test_a_plus_inf_score_makes_its_row_and_its_gradients_nan_as_sdpa_math():
+    # float64 runs the reference everywhere: a +inf score (here from the mask) is a NaN softmax row, which reaches
+    # every key's dk and dv, as in SDPA's math backend (exp(s - inf) alone would leave the other keys finite).
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = make_qkv((1, 1, 3, 4), (1, 1, 5, 4), (1, 1, 5, 4), dtype=torch.float64)
+    mask = torch.zeros(3, 5, dtype=torch.float64, device=q.device)
+    mask[1, 2] = float("inf")
+    grad = torch.randn(1, 1, 3, 4, dtype=torch.float64, device=q.device)
+    ours = attention(q, k, v, attn_mask=mask)
+    with sdpa_kernel(SDPBackend.MATH):
+        theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(ours.isnan(), theirs.isnan())
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad)):
+        assert torch.equal(a.isnan(), b.isnan())
+        torch.testing.assert_close(a.nan_to_num(), b.nan_to_num())
+
+
 def test_backward_is_deterministic():
     q, k, v = make_qkv((1, 4, 45, 32), (1, 2, 50, 32), (1, 2, 50, 32))
     grad = torch.randn(1, 4, 45, 32)

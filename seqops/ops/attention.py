@@ -118,6 +118,8 @@ def reference_grads(dout, dlse, q, k, v, mask, keep, out, lse, scale, is_causal,
             scores = scores + mask.to(ct)
     lse_c = lse.to(ct)
     p = torch.exp(scores - torch.where(torch.isneginf(lse_c), torch.zeros_like(lse_c), lse_c)[..., None])
+    # A +inf score makes its row's softmax NaN throughout (inf - inf), as SDPA's; exp(s - inf) would leave 0s.
+    p = p.masked_fill(torch.isposinf(lse_c)[..., None], float("nan"))
     dp = doc @ vc.transpose(-2, -1)
     if dropout_p > 0:
         keep = keep.to(ct)
