@@ -150,7 +150,8 @@ def headline_cases():
 
 def gpu_cases():
     """Headline shapes (every op and mode in fp16; fp32 and bf16 too for LSTM/GRU training), then the sweeps
-    behind the plots, then packed sequences: 73 cases. Run it in parts (--suites) where one command has a time limit."""
+    behind the plots, then packed sequences: 78 cases after dedupe. Run it in parts (--suites) where one command
+    has a time limit."""
     cases = cell_cases(OPS["cell"], 256, 768, ("fwd", "fwdbwd"), ("fp32", "fp16"))
     cases += rnn_cases(OPS["rnn"], 16, 1024, 768, MODES, ("fp16",))
     cases += rnn_cases(("lstm", "gru"), 16, 1024, 768, ("fwdbwd",), ("fp32", "bf16"))

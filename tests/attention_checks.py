@@ -85,11 +85,5 @@ def per_sequence_oracle(q, k, v, cu_q, cu_k, grad_out, dtype=torch.float64, keep
     """(out, grads of q, k, v) of the reference run sequence by sequence in `dtype` on detached copies; keep: the
     dropout keep-masks, [H, L_b, S_b] per sequence (or larger, sliced)."""
     leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
-    cu_q, cu_k = cu_q.tolist(), cu_k.tolist()
-    outs = []
-    for b, (q0, q1, k0, k1) in enumerate(zip(cu_q, cu_q[1:], cu_k, cu_k[1:])):
-        qb, kb, vb = (t[lo:hi].transpose(0, 1) for t, lo, hi in zip(leaves, (q0, k0, k0), (q1, k1, k1)))
-        mask_b = keep[b][:, : q1 - q0, : k1 - k0] if keep is not None else None
-        outs.append(reference.attention(qb, kb, vb, dropout_mask=mask_b, **kwargs).transpose(0, 1))
-    out = torch.cat(outs, 0)
+    out = reference.attention_varlen(*leaves, cu_q, cu_k, dropout_masks=keep, **kwargs)
     return out, torch.autograd.grad(out, leaves, grad_out.to(dtype))

@@ -79,3 +79,40 @@ def test_reference_upcast_computes_in_float32_and_returns_input_dtype():
     assert out.dtype == torch.float16
     exact = reference.attention(q.float(), k.float(), v.float())
     torch.testing.assert_close(out, exact.half())  # one rounding of the fp32 result
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(is_causal=True), dict(enable_gqa=True, scale=0.4)], ids=str)
+def test_varlen_reference_is_sdpa_on_each_sequence(kwargs):
+    # Lengths with an empty query sequence, an empty key sequence and L != S in both directions.
+    lengths_q, lengths_k = [5, 0, 9, 3, 4], [7, 3, 4, 0, 4]
+    cu_q = torch.tensor([0, *torch.tensor(lengths_q).cumsum(0).tolist()])
+    cu_k = torch.tensor([0, *torch.tensor(lengths_k).cumsum(0).tolist()])
+    hkv = 2 if kwargs.get("enable_gqa") else 4
+    q = torch.randn(sum(lengths_q), 4, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(sum(lengths_k), hkv, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(sum(lengths_k), hkv, 6, dtype=torch.float64, requires_grad=True)
+    out, lse = reference.attention_varlen_with_lse(q, k, v, cu_q, cu_k, **kwargs)
+    assert out.shape == (q.shape[0], 4, 6) and lse.shape == (4, q.shape[0])
+    torch.testing.assert_close(reference.attention_varlen(q, k, v, cu_q, cu_k, **kwargs), out)
+    for b in range(len(lengths_q)):
+        rows, keys = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        qb, kb, vb = q[rows].transpose(0, 1), k[keys].transpose(0, 1), v[keys].transpose(0, 1)
+        if lengths_k[b] == 0:  # no key: zeros and lse -inf (SDPA's safe softmax)
+            assert (out[rows] == 0).all() and torch.isneginf(lse[:, rows]).all()
+            continue
+        theirs = F.scaled_dot_product_attention(qb, kb, vb, **kwargs)
+        torch.testing.assert_close(out[rows], theirs.transpose(0, 1))
+        scale = kwargs.get("scale", 8 ** -0.5)
+        group = 4 // hkv
+        scores = qb @ kb.repeat_interleave(group, 0).transpose(-2, -1) * scale
+        if kwargs.get("is_causal"):
+            scores = scores.masked_fill(~torch.ones_like(scores, dtype=torch.bool).tril(), float("-inf"))
+        torch.testing.assert_close(lse[:, rows], scores.logsumexp(-1))
+    grad = torch.randn_like(out)
+    assert all(g is not None for g in torch.autograd.grad(out, (q, k, v), grad))
+
+
+def test_varlen_reference_without_sequences():
+    q, k, v = torch.randn(0, 2, 8), torch.randn(0, 2, 8), torch.randn(0, 2, 4)
+    out, lse = reference.attention_varlen_with_lse(q, k, v, torch.tensor([0]), torch.tensor([0]))
+    assert out.shape == (0, 2, 4) and lse.shape == (2, 0)

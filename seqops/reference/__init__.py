@@ -6,4 +6,5 @@ error rule.
 """
 
 from seqops.reference.attention import *  # noqa: F401,F403
+from seqops.reference.attention_varlen import *  # noqa: F401,F403
 from seqops.reference.rnn import *  # noqa: F401,F403
