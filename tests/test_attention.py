@@ -300,6 +300,23 @@ def test_a_plus_inf_score_makes_its_row_and_its_gradients_nan_as_sdpa_math():
         torch.testing.assert_close(a.nan_to_num(), b.nan_to_num())
 
 
+@pytest.mark.parametrize("scale", [0.0, -0.5])
+def test_causal_with_a_scale_of_zero_or_below_is_finite_as_sdpa_math(scale):
+    # PyTorch's CPU flash kernel scales its causal -inf by the scale (NaN at 0, +inf below): no route may use it.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = make_qkv((2, 2, 9, 16), (2, 2, 12, 16), (2, 2, 12, 16))
+    out = attention(q, k, v, is_causal=True, scale=scale)
+    with sdpa_kernel(SDPBackend.MATH):
+        theirs = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True, scale=scale)
+    torch.testing.assert_close(out, theirs.float())
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad.double())):
+        torch.testing.assert_close(a, b.float())
+    _, lse = attention_with_lse(q, k, v, is_causal=True, scale=scale)
+    assert torch.isfinite(lse).all()
+
+
 def test_backward_is_deterministic():
     q, k, v = make_qkv((1, 4, 45, 32), (1, 2, 50, 32), (1, 2, 50, 32))
     grad = torch.randn(1, 4, 45, 32)

@@ -164,6 +164,22 @@ def test_masks_of_3d_inputs_may_have_a_fourth_dim_of_one_as_in_sdpa(mask_shape):
         F.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask3)
 
 
+@pytest.mark.parametrize("dims", [(q, k, v) for q in (2, 3, 4) for k in (2, 3, 4) for v in (2, 3, 4)], ids=str)
+def test_mask_ranks_are_accepted_and_refused_as_sdpa_does(dims):
+    # SDPA takes a mask one dim above the output only when query, key and value are all 3-D.
+    shapes = [(*(2,) * (n - 2), length, 8) for n, length in zip(dims, (4, 6, 6))]
+    q, k, v = make_qkv(*shapes, requires_grad=False)
+    for mask_dims in range(2, 6):
+        mask = torch.randn(*(1,) * (mask_dims - 2), 4, 6)
+        try:
+            theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        except RuntimeError:
+            with pytest.raises(RuntimeError):
+                attention(q, k, v, attn_mask=mask)
+        else:
+            torch.testing.assert_close(attention(q, k, v, attn_mask=mask), theirs)
+
+
 def test_gqa_with_different_key_and_value_heads_matches_sdpa():
     # SDPA repeats key and value each by its own factor: 2 key heads, 4 value heads for 4 query heads.
     q, k, v = make_qkv((2, 4, 5, 8), (2, 2, 6, 8), (2, 4, 6, 8), dtype=torch.float64)

@@ -155,7 +155,7 @@ def attention_fwd(
         from seqops.kernels.attention_fwd import attention_forward
 
         return attention_forward(q, k, v, mask, scale, is_causal, dropout_p, seed)
-    if attention_cpu.applies(q, v, mask, dropout_p):
+    if attention_cpu.applies(q, v, mask, dropout_p, is_causal, scale):
         return attention_cpu.forward(q, k, v, mask, scale, is_causal)
     return _reference_forward(q, k, v, mask, seed, scale, is_causal, dropout_p)
 
@@ -182,7 +182,7 @@ def attention_bwd(
         dq, dk, dv, dmask = attention_backward(
             dout, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed, need_dmask, dlse=dlse
         )
-    elif attention_cpu.backward_applies(q, v, mask, dropout_p, dlse, need_dmask):
+    elif attention_cpu.backward_applies(q, v, mask, dropout_p, is_causal, scale, dlse, need_dmask):
         dq, dk, dv = attention_cpu.backward(dout, q, k, v, mask, out, lse, scale, is_causal)
         dmask = None
     else:
@@ -351,7 +351,10 @@ def _canonicalise(query, key, value, attn_mask, enable_gqa):
     v4 = canon(value, Hkv, S, EV)
     m4 = None
     if attn_mask is not None:
-        attn_mask = _mask_of_output_rank(attn_mask, out_dims, (*batch, H, L, S)[-out_dims:])
+        # SDPA adds the mask in place to the scores, of q @ k^T's rank (all-3-D inputs' as [1, H, L, S])
+        limit = max(query.dim(), key.dim()) + (query.dim() == key.dim() == value.dim() == 3)
+        scores = (*batch, H, L, S)[-max(query.dim(), key.dim()):]
+        attn_mask = _mask_of_output_rank(attn_mask, out_dims, scores, limit)
         try:
             m = attn_mask.expand(*batch, H, L, S)
         except RuntimeError:
@@ -386,7 +389,7 @@ def _prepared(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_
     return query, key, value, attn_mask, scale
 
 
-def _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, enable_gqa):
+def _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
     """Whether SDPA itself would run PyTorch's CPU flash kernel here, the kernel seqops' CPU route calls (it picks
     its math backend for broadcast batches, a strided head dim, a value head dim unlike the query's, a float
     mask that takes a gradient). Then seqops.attention is SDPA, without ~25 us of seqops' own Python per call
@@ -394,6 +397,8 @@ def _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, enable_gqa):
     nor dropout (seqops draws its own reproducible mask), nor under a TorchDispatchMode (FlopCounterMode counts
     seqops' op, SDPA's CPU flash kernel has no flop formula)."""
     if _INTERPRET or query.device.type != "cpu" or dropout_p != 0.0:
+        return False
+    if not attention_cpu.causal_scale_applies(is_causal, scale):  # SDPA's flash kernel gives NaN there
         return False
     if not torch.compiler.is_compiling() and is_in_torch_dispatch_mode():
         return False
@@ -416,11 +421,11 @@ def _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, enable_gqa):
         _mask_broadcasts(attn_mask, (*query.shape[:-1], key.shape[-2])))
 
 
-def _mask_of_output_rank(mask, out_dims, scores_shape):
-    """The mask without the leading size-1 dims SDPA lets it have beyond the output's rank. SDPA adds it in place
-    to scores of that rank (3-D inputs as [1, H, L, S]), so a mask may not add dims of its own."""
+def _mask_of_output_rank(mask, out_dims, scores_shape, limit):
+    """The mask without the leading size-1 dims SDPA lets it have beyond the output's rank; one of more than
+    `limit` dims (the rank of SDPA's scores) is refused, as SDPA refuses it."""
     extra = mask.dim() - out_dims
-    if extra > (1 if out_dims == 3 else 0) or any(n != 1 for n in mask.shape[:max(extra, 0)]):
+    if mask.dim() > limit or any(n != 1 for n in mask.shape[:max(extra, 0)]):
         raise InvalidArgumentError(f"attention: attn_mask of shape {tuple(mask.shape)} has more dims than the "
                                    f"scores {tuple(scores_shape)}; it may broadcast over them, not add dims (as SDPA)")
     return mask.reshape(mask.shape[extra:]) if extra > 0 else mask
@@ -484,7 +489,7 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                                     enable_gqa)
     if onnx_export.exporting():
         return onnx_export.attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    if _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, enable_gqa):
+    if _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
         if attn_mask is not None and attn_mask.dim() < query.dim():
             # SDPA wants a mask of at least 2 dims, and takes its math backend for one of fewer dims than the
             # query's (a [H, L, S] mask on [B, H, L, S] scores): size-1 leading dims, a view

@@ -23,7 +23,13 @@ _flash_backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_f
 CPU_FLASH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def applies(q, v, mask, dropout_p):
+def causal_scale_applies(is_causal, scale):
+    # The CPU flash kernel scales its causal -inf by the softmax scale: 0 * -inf is NaN, and a negative scale
+    # turns it into +inf (torch 2.14; SDPA's default shares the bug where it picks that kernel).
+    return not is_causal or scale is None or scale > 0
+
+
+def applies(q, v, mask, dropout_p, is_causal, scale):
     """q [B, H, L, E], v [B, Hkv, S, Ev], mask [B, H, L, S] view or None."""
     return (
         _flash is not None
@@ -33,11 +39,12 @@ def applies(q, v, mask, dropout_p):
         and dropout_p == 0.0
         and q.shape[-1] == v.shape[-1]
         and (mask is None or mask.dtype in (torch.bool, q.dtype))
+        and causal_scale_applies(is_causal, scale)
     )
 
 
-def backward_applies(q, v, mask, dropout_p, dlse, need_dmask):
-    return applies(q, v, mask, dropout_p) and dlse is None and not need_dmask
+def backward_applies(q, v, mask, dropout_p, is_causal, scale, dlse, need_dmask):
+    return applies(q, v, mask, dropout_p, is_causal, scale) and dlse is None and not need_dmask
 
 
 def _compact(mask):

@@ -37,15 +37,15 @@ def sequence_dropout_keep(seed, bounds, heads, b, dropout_p, longest=None):
     return (torch.rand((heads, q1 - q0, k1 - k0), generator=gen) >= dropout_p).to(seed.device)
 
 
-def _uses_cpu_flash(q, v, dropout_p, dlse=None):
-    return attention_cpu.backward_applies(_as_batch(q), _as_batch(v), None, dropout_p, dlse, False)
+def _uses_cpu_flash(q, v, dropout_p, is_causal, scale, dlse=None):
+    return attention_cpu.backward_applies(_as_batch(q), _as_batch(v), None, dropout_p, is_causal, scale, dlse, False)
 
 
 def forward(q, k, v, bounds, seed, scale, is_causal, dropout_p, differentiable=False):
     """-> out [Nq, H, Ev] in q.dtype, lse [H, Nq] in the lse dtype (-inf where a sequence has no keys).
     differentiable: always the reference, whose graph double backward differentiates."""
     H, EV = q.shape[1], v.shape[2]
-    if not differentiable and _uses_cpu_flash(q, v, dropout_p):
+    if not differentiable and _uses_cpu_flash(q, v, dropout_p, is_causal, scale):
         def attend(b, q4, k4, v4):
             return attention_cpu.forward(q4, k4, v4, None, scale, is_causal)
     else:
@@ -73,7 +73,7 @@ def forward(q, k, v, bounds, seed, scale, is_causal, dropout_p, differentiable=F
 
 def backward(dout, dlse, q, k, v, bounds, seed, out, lse, scale, is_causal, dropout_p):
     """-> dq, dk, dv contiguous: the CPU flash backward, or the reference route's explicit formulas."""
-    if _uses_cpu_flash(q, v, dropout_p, dlse):
+    if _uses_cpu_flash(q, v, dropout_p, is_causal, scale, dlse):
         def grads(b, dout4, dlse3, q4, k4, v4, out4, lse3):
             return attention_cpu.backward(dout4, q4, k4, v4, None, out4, lse3, scale, is_causal)
     else:
