@@ -126,7 +126,7 @@ class _SeqopsRNNBase(nn.RNNBase):
             if batch_sizes is not None and torch.compiler.is_compiling():
                 # torch's check reads int(batch_sizes[0]), data that fullgraph cannot guard on: give it the batch
                 # read from shapes (see packed_batch).
-                batch_sizes = [packed_batch(input, (hx[0] if isinstance(hx, tuple) else hx).size(1))]
+                batch_sizes = [packed_batch(input, self._states(hx)[0].size(1))]
             self.check_forward_args(data, hx, batch_sizes)
         if batch_sizes is None and data.size(1 if self.batch_first else 0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")

@@ -48,13 +48,10 @@ def _triton_available():
 def _runs_kernels(q, v):
     if q.dtype not in _KERNEL_DTYPES or max(q.shape[-1], v.shape[-1]) > MAX_KERNEL_HEAD_DIM:
         return False
-    if q.device.type == "cuda":
-        return _triton_available()
     # Triton's interpreter multiplies bf16 tiles wrongly (tl.dot reads their bits as integers; triton 3.8), so bf16
     # CPU tensors take the CPU route, which computes them as SDPA does, instead of returning garbage.
-    if q.device.type == "cpu" and _INTERPRET and q.dtype != torch.bfloat16:
-        return _triton_available()
-    return False
+    interpreted = q.device.type == "cpu" and _INTERPRET and q.dtype != torch.bfloat16
+    return (q.device.type == "cuda" or interpreted) and _triton_available()
 
 
 def _draw_seed(device):
@@ -351,10 +348,8 @@ def _canonicalise(query, key, value, attn_mask, enable_gqa):
     v4 = canon(value, Hkv, S, EV)
     m4 = None
     if attn_mask is not None:
-        # SDPA adds the mask in place to the scores, of q @ k^T's rank (all-3-D inputs' as [1, H, L, S])
-        limit = max(query.dim(), key.dim()) + (query.dim() == key.dim() == value.dim() == 3)
-        scores = (*batch, H, L, S)[-max(query.dim(), key.dim()):]
-        attn_mask = _mask_of_output_rank(attn_mask, out_dims, scores, limit)
+        scores = (*batch, H, L, S)[-max(query.dim(), key.dim()):]  # q @ k^T's shape, to which SDPA adds the mask
+        attn_mask = _mask_within_scores_rank(attn_mask, out_dims, scores, query.dim() == key.dim() == value.dim() == 3)
         try:
             m = attn_mask.expand(*batch, H, L, S)
         except RuntimeError:
@@ -421,11 +416,12 @@ def _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, is_causal, sca
         _mask_broadcasts(attn_mask, (*query.shape[:-1], key.shape[-2])))
 
 
-def _mask_of_output_rank(mask, out_dims, scores_shape, limit):
-    """The mask without the leading size-1 dims SDPA lets it have beyond the output's rank; one of more than
-    `limit` dims (the rank of SDPA's scores) is refused, as SDPA refuses it."""
+def _mask_within_scores_rank(mask, out_dims, scores_shape, all_3d):
+    """The mask without the leading size-1 dims SDPA lets it have beyond the output's rank. SDPA adds it in place
+    to the scores, so one of more dims than they have is refused, as SDPA refuses it; all-3-D inputs' scores
+    count as [1, H, L, S] there."""
     extra = mask.dim() - out_dims
-    if mask.dim() > limit or any(n != 1 for n in mask.shape[:max(extra, 0)]):
+    if mask.dim() > len(scores_shape) + all_3d or any(n != 1 for n in mask.shape[:max(extra, 0)]):
         raise InvalidArgumentError(f"attention: attn_mask of shape {tuple(mask.shape)} has more dims than the "
                                    f"scores {tuple(scores_shape)}; it may broadcast over them, not add dims (as SDPA)")
     return mask.reshape(mask.shape[extra:]) if extra > 0 else mask

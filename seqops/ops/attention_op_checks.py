@@ -10,10 +10,18 @@ import torch
 from seqops.ops.errors import InvalidArgumentError, InvalidDtypeError
 
 
-def _check_same_device(op, named, device):
+def check_same_device(op, named, device):
     for name, t in named:
         if t is not None and t.device != device:
             raise InvalidArgumentError(f"{op}: {name} is on {t.device}, q on {device}")
+
+
+def check_heads_and_head_dim(op, H, Hkv, Hv, E, Ek):
+    """k and v with one head count dividing q's H; q and k with one head dim."""
+    if Hkv != Hv or Hkv == 0 or H % Hkv != 0:
+        raise InvalidArgumentError(f"{op}: k and v must have one head count dividing q's {H}, got {Hkv} and {Hv}")
+    if E != Ek:
+        raise InvalidArgumentError(f"{op}: q and k head dims differ: {E} vs {Ek}")
 
 
 def check_qkv_layout(op, q, k, v, layout):
@@ -31,16 +39,13 @@ def check_forward_args(op, q, k, v, mask, seed, dropout_p):
     """q [B, H, L, E], k [B, Hkv, S, E], v [B, Hkv, S, Ev] with Hkv dividing H; mask None or [B, H, L, S];
     seed [1] int64 when dropout_p > 0."""
     check_qkv_layout(op, q, k, v, "4-D [batch, heads, length, head_dim]")
-    _check_same_device(op, (("k", k), ("v", v), ("mask", mask), ("seed", seed)), q.device)
+    check_same_device(op, (("k", k), ("v", v), ("mask", mask), ("seed", seed)), q.device)
     (B, H, L, E), (Bk, Hkv, S, Ek), (Bv, Hv, Sv, _) = q.shape, k.shape, v.shape
     if not B == Bk == Bv:
         raise InvalidArgumentError(f"{op}: q, k and v batch sizes differ: {B}, {Bk}, {Bv}")
-    if Hkv != Hv or Hkv == 0 or H % Hkv != 0:
-        raise InvalidArgumentError(f"{op}: k and v must have one head count dividing q's {H}, got {Hkv} and {Hv}")
+    check_heads_and_head_dim(op, H, Hkv, Hv, E, Ek)
     if S != Sv:
         raise InvalidArgumentError(f"{op}: k and v lengths differ: {S} vs {Sv}")
-    if E != Ek:
-        raise InvalidArgumentError(f"{op}: q and k head dims differ: {E} vs {Ek}")
     if mask is not None:
         if tuple(mask.shape) != (B, H, L, S):
             raise InvalidArgumentError(f"{op}: mask must have shape {(B, H, L, S)} (a broadcast view is fine), got "
@@ -73,5 +78,5 @@ def check_backward_tensors(op, q, dout, dlse, out, lse, out_shape, lse_shape):
     for name, t in (("dout", dout), ("out", out)):
         if t.dtype != q.dtype:
             raise InvalidDtypeError(f"{op}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
-    _check_same_device(op, (("dout", dout), ("dlse", dlse), ("out", out), ("lse", lse)), q.device)
+    check_same_device(op, (("dout", dout), ("dlse", dlse), ("out", out), ("lse", lse)), q.device)
 

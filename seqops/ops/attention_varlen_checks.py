@@ -4,7 +4,12 @@ the kernels index rows by them unchecked."""
 
 import torch
 
-from seqops.ops.attention_op_checks import check_backward_tensors, check_qkv_layout
+from seqops.ops.attention_op_checks import (
+    check_backward_tensors,
+    check_heads_and_head_dim,
+    check_qkv_layout,
+    check_same_device,
+)
 from seqops.ops.errors import InvalidArgumentError, InvalidDtypeError
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -14,16 +19,12 @@ def check_varlen_forward_args(op, q, k, v, cu_q, cu_k, seed, dropout_p):
     """q [Nq, H, E], k [Nk, Hkv, E], v [Nk, Hkv, Ev] with Hkv dividing H; cu_q, cu_k [B + 1] int32/int64 on q's
     device; seed [1] int64 when dropout_p > 0."""
     check_qkv_layout(op, q, k, v, "3-D [rows, heads, head_dim]")
-    for name, t in (("k", k), ("v", v), ("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k), ("seed", seed)):
-        if t is not None and t.device != q.device:
-            raise InvalidArgumentError(f"{op}: {name} is on {t.device}, q on {q.device}")
+    check_same_device(op, (("k", k), ("v", v), ("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k), ("seed", seed)),
+                      q.device)
     (_, H, E), (Nk, Hkv, Ek), (Nv, Hv, _) = q.shape, k.shape, v.shape
-    if Hkv != Hv or Hkv == 0 or H % Hkv != 0:
-        raise InvalidArgumentError(f"{op}: k and v must have one head count dividing q's {H}, got {Hkv} and {Hv}")
+    check_heads_and_head_dim(op, H, Hkv, Hv, E, Ek)
     if Nk != Nv:
         raise InvalidArgumentError(f"{op}: k and v row counts differ: {Nk} vs {Nv}")
-    if E != Ek:
-        raise InvalidArgumentError(f"{op}: q and k head dims differ: {E} vs {Ek}")
     for name, cu in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
         if cu.dim() != 1 or cu.shape[0] < 1:
             raise InvalidArgumentError(f"{op}: {name} must be 1-D [batch + 1], got shape {tuple(cu.shape)}")
