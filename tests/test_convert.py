@@ -1,7 +1,7 @@
 """seqops.convert: every torch.nn recurrent module (and MultiheadAttention once seqops has it) becomes its
 seqops twin, keeping parameters, device, dtype, training mode and hooks; the model computes the same."""
 
-import importlib
+import copy
 
 import pytest
 import torch
@@ -160,23 +160,53 @@ def test_state_dict_of_converted_model_loads_into_the_original():
     torch.testing.assert_close(original(x), converted(x))
 
 
-def test_multihead_attention_swapped_exactly_when_seqops_has_it():
-    try:
-        twin = importlib.import_module("seqops.nn.multihead_attention").MultiheadAttention
-    except (ImportError, AttributeError):
-        twin = None
+def test_multihead_attention_is_swapped_and_computes_the_same():
     model = nn.Sequential(nn.MultiheadAttention(8, 2))
     seqops.convert(model)
-    if twin is None:
-        assert type(model[0]) is nn.MultiheadAttention
-    else:
-        assert type(model[0]) is twin
-        q = torch.randn(4, 1, 8)
-        reference = nn.MultiheadAttention(8, 2)
-        reference.load_state_dict(model[0].state_dict())
-        for need_weights in (True, False):  # torch's path, then the fused one
-            ours = model[0](q, q, q, need_weights=need_weights)[0]
-            torch.testing.assert_close(ours, reference(q, q, q, need_weights=need_weights)[0])
+    assert type(model[0]) is seqops.MultiheadAttention
+    q = torch.randn(4, 1, 8)
+    reference = nn.MultiheadAttention(8, 2)
+    reference.load_state_dict(model[0].state_dict())
+    for need_weights in (True, False):  # torch's path, then the fused one
+        ours = model[0](q, q, q, need_weights=need_weights)[0]
+        torch.testing.assert_close(ours, reference(q, q, q, need_weights=need_weights)[0])
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")  # torch.nn.Transformer's own notices
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype")
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_converted_transformer_computes_the_same_in_training_and_inference(batch_first, norm_first):
+    # nn.Transformer's layers call self_attn with is_causal and masks, and read its attributes for their
+    # inference fast path: the swapped attention must serve both.
+    torch.manual_seed(0)
+    original = nn.Transformer(
+        d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32, dropout=0.0,
+        batch_first=batch_first, norm_first=norm_first,
+    )
+    converted = seqops.convert(copy.deepcopy(original))
+    assert sum(type(m) is seqops.MultiheadAttention for m in converted.modules()) == 6
+    src, tgt = torch.randn(3, 7, 16), torch.randn(3, 5, 16)
+    if not batch_first:
+        src, tgt = src.transpose(0, 1), tgt.transpose(0, 1)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[:, 5:] = True
+    kwargs = dict(
+        tgt_mask=nn.Transformer.generate_square_subsequent_mask(5), tgt_is_causal=True,
+        src_key_padding_mask=pad, memory_key_padding_mask=pad,
+    )
+    expected, actual = original(src, tgt, **kwargs), converted(src, tgt, **kwargs)
+    torch.testing.assert_close(actual, expected)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    actual.backward(grad)
+    converted_params = dict(converted.named_parameters())
+    for name, p in original.named_parameters():
+        torch.testing.assert_close(converted_params[name].grad, p.grad, msg=name)
+
+    original.eval(), converted.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(converted(src, tgt, **kwargs), original(src, tgt, **kwargs))
 
 
 def test_rejects_a_non_module():
