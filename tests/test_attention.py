@@ -363,6 +363,58 @@ def test_autocast_runs_in_the_autocast_dtype_like_sdpa(each_device):
     assert_flash_rule(out, low, exact, "out under autocast")
 
 
+def _head_dims_differ(q, k, v, _):
+    return attention(q, k, v[..., :24], is_causal=True)
+
+
+def _dropout(q, k, v, _):
+    torch.manual_seed(7)
+    return attention(q, k, v, dropout_p=0.25)
+
+
+def _mask_gradient(q, k, v, mask):
+    return attention(q, k, v, attn_mask=mask)
+
+
+def _lse_gradient(q, k, v, _):
+    out, lse = attention_with_lse(q, k, v)
+    return out + lse[..., None]
+
+
+def _varlen_dropout(q, k, v, _):
+    torch.manual_seed(7)
+    cu = torch.tensor([0, 5, 17], dtype=torch.int32)
+    return seqops.attention_varlen(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu,
+                                   dropout_p=0.25, is_causal=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backward_in_autocast", [False, True])
+@pytest.mark.parametrize("call", [_head_dims_differ, _dropout, _mask_gradient, _lse_gradient, _varlen_dropout])
+def test_autocast_computes_what_the_cast_inputs_compute(each_device, call, backward_in_autocast, dtype):
+    # The ops choose their own precision (the reference route's products in float32): an autocast region around
+    # the call, or around its backward, must not cast those back down. So autocast from float32 inputs is
+    # bit for bit the call on inputs cast to the autocast dtype, with gradients cast back.
+    q, k, v = make_qkv((1, 2, 17, 16), (1, 2, 17, 16), (1, 2, 17, 32))
+    mask = torch.randn(17, 17, requires_grad=True)
+    leaves = (q, k, v, mask)
+    with torch.autocast(each_device, dtype=dtype):
+        out = call(*leaves)
+        grad_out = torch.randn_like(out)
+        if backward_in_autocast:
+            grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+    if not backward_in_autocast:
+        grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+    cast = [x.detach().to(dtype).requires_grad_() for x in leaves]
+    expected = call(*cast)
+    expected_grads = torch.autograd.grad(expected, cast, grad_out, allow_unused=True)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)  # dtypes included
+    for name, got, want in zip(("dq", "dk", "dv", "dmask"), grads, expected_grads):
+        assert (got is None) == (want is None), name
+        if got is not None:
+            torch.testing.assert_close(got, want.float(), rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("autotune", [True, False])
 def test_config_pruning_keeps_what_fits_and_only_the_first_without_autotuning(monkeypatch, autotune):
     from seqops.kernels import attention_common as ac

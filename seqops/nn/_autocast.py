@@ -57,6 +57,13 @@ def autocast_off(device_type, dtype):
     return torch.autocast(device_type, enabled=False) if dtype is not None else contextlib.nullcontext()
 
 
+def ops_own_precision(device_type):
+    """A context in which ATen ops on device_type run in their inputs' dtypes. For ops that choose their own
+    precision (the attention ops' float32 products on their reference route): an autocast region of their
+    caller, forward or backward, would otherwise cast those products back down."""
+    return autocast_off(device_type, autocast_dtype(device_type))
+
+
 def _first_tensor(values):
     for v in values:
         if isinstance(v, torch.Tensor):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from seqops.nn._autocast import ops_own_precision
 from seqops.ops import attention_cpu, onnx_export
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd
 from seqops.ops.attention_layout import empty_in_layout, in_layout
@@ -148,13 +149,14 @@ def attention_fwd(
     # -> out: [B, H, L, Ev] (q.dtype, q's layout: attention_layout.py), lse: [B, H, L] fp32, fp64 for fp64
     #    (natural log, -inf if fully masked)
     check_forward_args("attention_fwd", q, k, v, mask, seed, dropout_p)
-    if _runs_kernels(q, v):
-        from seqops.kernels.attention_fwd import attention_forward
+    with ops_own_precision(q.device.type):
+        if _runs_kernels(q, v):
+            from seqops.kernels.attention_fwd import attention_forward
 
-        return attention_forward(q, k, v, mask, scale, is_causal, dropout_p, seed)
-    if attention_cpu.applies(q, v, mask, dropout_p, is_causal, scale):
-        return attention_cpu.forward(q, k, v, mask, scale, is_causal)
-    return _reference_forward(q, k, v, mask, seed, scale, is_causal, dropout_p)
+            return attention_forward(q, k, v, mask, scale, is_causal, dropout_p, seed)
+        if attention_cpu.applies(q, v, mask, dropout_p, is_causal, scale):
+            return attention_cpu.forward(q, k, v, mask, scale, is_causal)
+        return _reference_forward(q, k, v, mask, seed, scale, is_causal, dropout_p)
 
 
 @attention_fwd.register_fake
@@ -173,18 +175,19 @@ def attention_bwd(
     # -> dq [B, H, L, E], dk [B, Hkv, S, E], dv [B, Hkv, S, Ev], each in its input's layout,
     #    dmask [B, H, L, S] in the lse dtype ([0] when not needed)
     check_backward_args("attention_bwd", dout, dlse, q, k, v, mask, seed, out, lse, dropout_p)
-    if _runs_kernels(q, v):
-        from seqops.kernels.attention_bwd import attention_backward
+    with ops_own_precision(q.device.type):
+        if _runs_kernels(q, v):
+            from seqops.kernels.attention_bwd import attention_backward
 
-        dq, dk, dv, dmask = attention_backward(
-            dout, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed, need_dmask, dlse=dlse
-        )
-    elif attention_cpu.backward_applies(q, v, mask, dropout_p, is_causal, scale, dlse, need_dmask):
-        dq, dk, dv = attention_cpu.backward(dout, q, k, v, mask, out, lse, scale, is_causal)
-        dmask = None
-    else:
-        dq, dk, dv, dmask = _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_causal,
-                                                dropout_p)
+            dq, dk, dv, dmask = attention_backward(
+                dout, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed, need_dmask, dlse=dlse
+            )
+        elif attention_cpu.backward_applies(q, v, mask, dropout_p, is_causal, scale, dlse, need_dmask):
+            dq, dk, dv = attention_cpu.backward(dout, q, k, v, mask, out, lse, scale, is_causal)
+            dmask = None
+        else:
+            dq, dk, dv, dmask = _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_causal,
+                                                    dropout_p)
     if not need_dmask:
         dmask = q.new_empty((0,), dtype=_lse_dtype(q.dtype))
     return dq, dk, dv, dmask
@@ -222,7 +225,8 @@ def _backward(ctx, dout, dlse):
     q, k, v, mask, seed, out, lse = ctx.saved_tensors
     args = (q, k, v, mask, seed, ctx.scale, ctx.is_causal, ctx.dropout_p)
     if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
-        return double_backward_through(_differentiable_forward, args, (dout, dlse))
+        with ops_own_precision(q.device.type):
+            return double_backward_through(_differentiable_forward, args, (dout, dlse))
     if dout is None:
         dout = torch.zeros_like(out)
     # A float mask can carry a gradient (dS, reduced over its broadcast dims by autograd's expand backward).

@@ -15,6 +15,7 @@ one is an error instead of an out-of-bounds access, and to size the launch grid 
 import torch
 from torch import Tensor
 
+from seqops.nn._autocast import ops_own_precision
 from seqops.ops import attention_varlen_cpu
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd
 from seqops.ops.attention import _autocast, _draw_seed, _lse_dtype, _runs_kernels, _scale_value
@@ -43,12 +44,13 @@ def attention_varlen_fwd(
     # a sequence has no keys)
     check_varlen_forward_args("attention_varlen_fwd", q, k, v, cu_q, cu_k, seed, dropout_p)
     bounds, max_q, max_k = sequence_bounds("attention_varlen_fwd", cu_q, cu_k, q.shape[0], k.shape[0])
-    if _runs_kernels(q, v):
-        from seqops.kernels.attention_fwd import attention_varlen_forward
+    with ops_own_precision(q.device.type):
+        if _runs_kernels(q, v):
+            from seqops.kernels.attention_fwd import attention_varlen_forward
 
-        return attention_varlen_forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, is_causal, dropout_p, seed)
-    out, lse = attention_varlen_cpu.forward(q, k, v, bounds, seed, scale, is_causal, dropout_p)
-    return out.contiguous(), lse.contiguous()
+            return attention_varlen_forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, is_causal, dropout_p, seed)
+        out, lse = attention_varlen_cpu.forward(q, k, v, bounds, seed, scale, is_causal, dropout_p)
+        return out.contiguous(), lse.contiguous()
 
 
 @attention_varlen_fwd.register_fake
@@ -66,12 +68,14 @@ def attention_varlen_bwd(
     # dout, out: [Nq, H, Ev], dlse, lse: [H, Nq]; the rest as attention_varlen_fwd -> dq, dk, dv contiguous
     check_varlen_backward_args("attention_varlen_bwd", dout, dlse, q, k, v, cu_q, cu_k, seed, out, lse, dropout_p)
     bounds, max_q, max_k = sequence_bounds("attention_varlen_bwd", cu_q, cu_k, q.shape[0], k.shape[0])
-    if _runs_kernels(q, v):
-        from seqops.kernels.attention_bwd import attention_varlen_backward
+    with ops_own_precision(q.device.type):
+        if _runs_kernels(q, v):
+            from seqops.kernels.attention_bwd import attention_varlen_backward
 
-        return attention_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, is_causal,
-                                         dropout_p, seed, dlse=dlse)
-    return attention_varlen_cpu.backward(dout, dlse, q, k, v, bounds, seed, out, lse, scale, is_causal, dropout_p)
+            return attention_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, is_causal,
+                                             dropout_p, seed, dlse=dlse)
+        return attention_varlen_cpu.backward(dout, dlse, q, k, v, bounds, seed, out, lse, scale, is_causal,
+                                             dropout_p)
 
 
 @attention_varlen_bwd.register_fake
@@ -97,7 +101,8 @@ def _backward(ctx, dout, dlse):
     q, k, v, cu_q, cu_k, seed, out, lse = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
         args = (q, k, v, cu_q, cu_k, seed, ctx.scale, ctx.is_causal, ctx.dropout_p)
-        return double_backward_through(_differentiable_forward, args, (dout, dlse))
+        with ops_own_precision(q.device.type):
+            return double_backward_through(_differentiable_forward, args, (dout, dlse))
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = _ops.attention_varlen_bwd(dout, dlse, q, k, v, cu_q, cu_k, seed, out, lse, ctx.scale,
