@@ -212,6 +212,24 @@ def test_functional_call_uses_the_given_weights():
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("grad", [False, True])
+def test_vmap_over_an_ensemble_and_over_inputs(mode, grad):
+    # float32 LSTM without grad is oneDNN's aten::lstm, which has no batching rule: under vmap seqops' op runs.
+    modules = [module_pair(mode, seed=seed, num_layers=2)[1] for seed in range(3)]
+    params, buffers = torch.func.stack_module_state(modules)
+    x = torch.randn(T, B, I)
+    with torch.set_grad_enabled(grad):
+        ensemble = torch.func.vmap(lambda p, b: torch.func.functional_call(modules[0], (p, b), (x,)))(params, buffers)
+        expected = [m(x) for m in modules]
+        xs = torch.randn(2, T, B, I)
+        over_inputs = torch.func.vmap(modules[0])(xs)
+        expected_over_inputs = [modules[0](xi) for xi in xs]
+    stacked = lambda results: torch.utils._pytree.tree_map(lambda *t: torch.stack(t), *results)  # noqa: E731
+    torch.testing.assert_close(ensemble, stacked(expected))
+    torch.testing.assert_close(over_inputs, stacked(expected_over_inputs))
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
 def test_no_grad_and_inference_mode_give_the_training_forward_values(mode, context):
     # Without grad the layer ops are called below their autograd kernel (call_op): the same numbers (LSTM: to
@@ -302,6 +320,27 @@ def test_packed_in_packed_out_keeps_indices(mode):
 
 
 # ---- gradients: first order by finite differences, second order ----
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("options", [{}, {"batch_first": True}, {"num_layers": 2, "bidirectional": True}])
+def test_truncated_bptt_detaches_the_carried_state_in_place_like_torch(mode, options):
+    # The common idiom: h.detach_() between chunks. torch.nn's h_n and c_n are not views, so it works there.
+    theirs, ours = module_pair(mode, **options)
+    x = torch.randn(3, B, T, I) if options.get("batch_first") else torch.randn(3, T, B, I)
+    grads, finals = [], []
+    for module in (theirs, ours):
+        state = None
+        for chunk in x:
+            out, state = module(chunk, state)
+            out.sum().backward()
+            for s in state if isinstance(state, tuple) else (state,):
+                s.detach_()
+        grads.append([p.grad for p in module.parameters()])
+        finals.append(state if isinstance(state, tuple) else (state,))
+    for got, want in zip(grads[1] + list(finals[1]), grads[0] + list(finals[0])):
+        torch.testing.assert_close(got, want)
+    assert not any(s.requires_grad for s in finals[1])
 
 
 @pytest.mark.parametrize("mode", MODES)

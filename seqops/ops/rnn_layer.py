@@ -177,10 +177,12 @@ CPU_LSTM_INFERENCE = os.environ.get("SEQOPS_CPU_LSTM_INFERENCE", "onednn")
 
 def _onednn_lstm_applies(input, batch_sizes, tensors, w_hr):
     # Tracers first: Dynamo cannot trace torch.backends.mkldnn.is_available() (a graph break), and a
-    # torch.jit.trace, checked with grad off, must record the op it recorded with grad on.
+    # torch.jit.trace, checked with grad off, must record the op it recorded with grad on. torch.func
+    # transforms (vmap) have no batching rule for aten::lstm: seqops' op has one.
     return (
         not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
+        and not torch._C._are_functorch_transforms_active()
         and CPU_LSTM_INFERENCE == "onednn"
         and input.device.type == "cpu"
         and input.dtype in (torch.float32, torch.bfloat16)

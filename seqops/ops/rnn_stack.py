@@ -69,9 +69,9 @@ def _contiguous(t):
 
 
 def _stack(states):
-    # torch.stack costs ~3 us more than unsqueeze for the common single layer-direction (per-call overhead
-    # is what step-by-step decoding pays)
-    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
+    # A stack, also of one state: torch.nn's h_n and c_n are not views, and truncated BPTT's
+    # `h.detach_()` refuses a view (unsqueeze would save ~3 us a call).
+    return torch.stack(states)
 
 
 def packed_batch(packed, state_batch=None):
