@@ -9,7 +9,9 @@ every twin is built on the same torch.nn base class as the module it replaces an
 
 import copy
 import importlib
+import warnings
 
+import torch
 from torch import nn
 
 from seqops.nn.cells import GRUCell, LSTMCell, RNNCell
@@ -50,7 +52,23 @@ def _twin_of(module, twin_class):
         {k: v if "hooks" in k else copy.copy(v) if isinstance(v, (dict, list, set)) else v
          for k, v in module.__dict__.items()}
     )
+    if module.__dict__.get("_compiled_call_impl") is not None:
+        twin._compiled_call_impl = _compiled_like(module._compiled_call_impl, twin)
     return twin
+
+
+def _compiled_like(compiled, twin):
+    """twin's call compiled as ``compiled`` (Module.compile()'s torch.compile of the original's call) was:
+    that one runs the original, not the twin. The settings (backend, mode, fullgraph, ...) live in the
+    wrapper's dynamo context, which wraps the twin's call the same way; torch.compile's defaults where the
+    wrapper has none (another torch)."""
+    for cell in getattr(compiled, "__closure__", None) or ():
+        context = cell.cell_contents
+        if isinstance(context, torch._dynamo.eval_frame._TorchDynamoContext):
+            return context(twin._call_impl)
+    warnings.warn("seqops.convert: the converted module had been compiled with Module.compile(); its twin is "
+                  "compiled with torch.compile's default settings (the original's could not be read)", stacklevel=3)
+    return torch.compile(twin._call_impl)
 
 
 def convert(model: nn.Module) -> nn.Module:

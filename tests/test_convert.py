@@ -209,6 +209,38 @@ def test_converted_transformer_computes_the_same_in_training_and_inference(batch
         torch.testing.assert_close(converted(src, tgt, **kwargs), original(src, tgt, **kwargs))
 
 
+def test_a_module_compiled_in_place_stays_compiled_as_its_twin():
+    # Module.compile() keeps a compiled call of the original module; the twin must run its own forward,
+    # compiled with the same settings (here: the backend).
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.manual_seed(0)
+    original = nn.GRU(4, 6, num_layers=2, dropout=0.5)
+    reference = copy.deepcopy(original).eval()
+    original.compile(backend=recording_backend)
+    model = seqops.convert(nn.Sequential(original)).eval()
+    x = torch.randn(5, 3, 4)
+    with torch.no_grad():
+        first, second = model(x)[0], model(x)[0]
+        expected = reference(x)[0]
+    torch.testing.assert_close(first, expected)  # in eval: no dropout, as the twin (not the original) says
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    ops = {str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"}
+    assert any("seqops" in op for op in ops), ops
+
+
+def test_a_compiled_call_without_readable_settings_is_compiled_with_the_defaults():
+    original = nn.GRU(4, 6)
+    original._compiled_call_impl = lambda *args, **kwargs: None  # not a torch.compile wrapper of this torch
+    with pytest.warns(UserWarning, match="default settings"):
+        twin = seqops.convert(original)
+    assert twin._compiled_call_impl._torchdynamo_orig_callable.__self__ is twin
+
+
 def test_rejects_a_non_module():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         seqops.convert(torch.randn(3))
