@@ -140,6 +140,25 @@ def test_hook_handles_registered_before_convert_still_remove_their_hooks():
     assert calls == []
 
 
+@pytest.mark.parametrize("make", [lambda: nn.LSTM(4, 4), lambda: nn.GRUCell(4, 4),
+                                  lambda: nn.MultiheadAttention(4, 2)], ids=["LSTM", "GRUCell", "MHA"])
+def test_hooks_registered_on_the_original_after_convert_fire_on_the_twin(make):
+    # The hook dicts are shared, but torch files a backward hook as full by a flag of the module it was
+    # registered on: the original's, which the twin does not have.
+    original = make()
+    model = seqops.convert(nn.Sequential(original))
+    calls = []
+    original.register_forward_hook(lambda module, args, out: calls.append("forward"))
+    original.register_full_backward_pre_hook(lambda module, grad_out: calls.append("backward pre"))
+    original.register_full_backward_hook(lambda module, grad_in, grad_out: calls.append(len(grad_in)))
+    x = torch.randn(3, 4, requires_grad=True)
+    out = model[0](x, x, x)[0] if isinstance(original, nn.MultiheadAttention) else model(x)
+    out = out[0] if isinstance(out, tuple) else out
+    out.sum().backward()
+    inputs = 3 if isinstance(original, nn.MultiheadAttention) else 1
+    assert calls == ["forward", "backward pre", inputs]
+
+
 def test_optimizer_built_before_convert_still_trains_the_model():
     torch.manual_seed(0)
     model = nn.Sequential(nn.LSTM(3, 4))

@@ -10,6 +10,7 @@ from torch import nn
 
 # The fused cell ops are looked up on seqops at call time: seqops/__init__ imports this module first.
 import seqops
+from seqops.nn._shared_hooks import AdoptsSharedBackwardHooks
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
@@ -29,7 +30,7 @@ def _run_cell(op, cell, input, hx):
     return op(input, hx, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
 
 
-class LSTMCell(nn.LSTMCell):
+class LSTMCell(AdoptsSharedBackwardHooks, nn.LSTMCell):
     """``torch.nn.LSTMCell`` computed by ``seqops.lstm_cell``; input ``[B, I]`` or ``[I]``."""
 
     def forward(self, input, hx=None):
@@ -51,7 +52,7 @@ class LSTMCell(nn.LSTMCell):
         return h1, c1
 
 
-class _SingleStateCell:
+class _SingleStateCell(AdoptsSharedBackwardHooks):
     """forward for the cells whose state is one tensor (GRU, RNN): torch.nn's checks, then the fused op."""
 
     def _cell_op(self):

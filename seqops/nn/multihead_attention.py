@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqops.nn._shared_hooks import AdoptsSharedBackwardHooks
 from seqops.ops.attention import attention
 
 __all__ = ["MultiheadAttention"]
@@ -77,7 +78,7 @@ def _as_additive(mask, dtype):
     return torch.zeros_like(mask, dtype=dtype).masked_fill_(mask, float("-inf"))
 
 
-class MultiheadAttention(nn.MultiheadAttention):
+class MultiheadAttention(AdoptsSharedBackwardHooks, nn.MultiheadAttention):
     """``nn.MultiheadAttention`` with the attention core in seqops' fused flash-attention kernels.
 
     Same signature, parameters, state_dict and results. ``need_weights=True`` (the torch default) returns

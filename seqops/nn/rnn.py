@@ -17,13 +17,26 @@ from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from seqops.nn._autocast import autocast_dtype, autocast_off, cast, result_dtype
+from seqops.nn._shared_hooks import AdoptsSharedBackwardHooks
 from seqops.ops.rnn_layer import _onednn_lstm_applies, rnn_layer
 from seqops.ops.rnn_stack import packed_batch, rnn_stack, weights_from_flat
 
 __all__ = ["LSTM", "GRU", "RNN"]
 
 
-class _SeqopsRNNBase(nn.RNNBase):
+def _onednn_takes(input):
+    """Whether torch.nn.LSTM on this (unpacked, CPU) input, as its caller passes it, runs oneDNN's fused LSTM
+    (the op CPU autocast lists): ATen's use_mkldnn. fp16 needs grad mode off and a CPU with fp16 support."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled) or input.numel() == 0:
+        return False
+    if input.dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if input.dtype == torch.float16:
+        return not torch.is_grad_enabled() and torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    return input.dtype == torch.float32
+
+
+class _SeqopsRNNBase(AdoptsSharedBackwardHooks, nn.RNNBase):
     """Shared forward: torch.nn's argument checks, then the common stack over the fused layer op."""
 
     # torch.nn's own wording per class, so errors read the same as with the module being replaced.
@@ -52,12 +65,14 @@ class _SeqopsRNNBase(nn.RNNBase):
     def _carried_dtypes(self, input, hx):
         """(for the output and h_n, for c_n): the dtypes of the states that decide torch's CPU result dtypes
         under autocast, None where they do not (see _autocast.py). torch's CPU GRU, and its LSTM on packed
-        input or with a projection, are composites: the state meets the autocast GEMMs in pointwise math.
-        A projected LSTM's h is a GEMM's output again; its c stays promoted."""
+        input, with a projection or on an input oneDNN does not take, are composites: the state meets the
+        autocast GEMMs in pointwise math. A projected LSTM's h is a GEMM's output again; its c stays promoted."""
         data = input.data if isinstance(input, PackedSequence) else input
         if self.mode == "GRU":
             return (hx.dtype if isinstance(hx, torch.Tensor) else data.dtype), None
-        if self.mode != "LSTM" or not (isinstance(input, PackedSequence) or self.proj_size > 0):
+        if self.mode != "LSTM":
+            return None, None
+        if not (isinstance(input, PackedSequence) or self.proj_size > 0) and _onednn_takes(data):
             return None, None
         c0 = hx[1] if isinstance(hx, (tuple, list)) and len(hx) == 2 else None
         c_dtype = c0.dtype if isinstance(c0, torch.Tensor) else data.dtype
