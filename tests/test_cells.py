@@ -365,6 +365,11 @@ def test_bad_dtypes_raise_clear_errors(kind):
         call(kind, fn, x, states, [weights[0].double(), *weights[1:]])
     with pytest.raises(RuntimeError, match="floating-point"):
         call(kind, fn, x.long(), tuple(s.long() for s in states), [w.long() for w in weights])
+    for dtype in (torch.float64, torch.bfloat16):  # each state too, the LSTM's c included (torch promotes c)
+        for i in range(len(states)):
+            other = tuple(s.to(dtype) if j == i else s for j, s in enumerate(states))
+            with pytest.raises(RuntimeError, match="dtype"):
+                call(kind, fn, x, other, weights)
 
 
 @pytest.mark.gpu

@@ -3,6 +3,7 @@ every gradient; constructor, state_dict, dtype conversions, dropout, bad inputs,
 
 import contextlib
 import io
+import itertools
 import pickle
 import warnings
 
@@ -680,6 +681,32 @@ def test_autocast_result_dtypes_are_torch_nn_s_on_the_cpu(mode, options, packed,
     assert dtypes[0] == dtypes[1]
 
 
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("onednn", [True, False])
+def test_autocast_lstm_result_dtypes_follow_whether_torch_nn_takes_onednn(monkeypatch, input_dtype, dtype, onednn):
+    # torch.nn's unpacked LSTM returns the autocast dtype where oneDNN's fused LSTM (on autocast's list) takes
+    # its input as passed: not an fp16 input with grad on (nor without fp16 CPU support), not with oneDNN off.
+    # Elsewhere it is a composite whose c meets the GEMMs in float: promote(autocast dtype, c's dtype).
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
+    theirs, ours = module_pair("LSTM")
+    x = torch.randn(T, B, I, dtype=input_dtype)
+    for hx, grad in itertools.product([None, tuple(torch.randn(2, 1, B, H).unbind())], [True, False]):
+        dtypes = []
+        with torch.set_grad_enabled(grad):
+            for module in (theirs, ours):
+                with torch.autocast("cpu", dtype=dtype):
+                    try:
+                        out, (h_n, c_n) = module(x, hx)
+                    except RuntimeError as err:  # torch.nn's oneDNN LSTM without a kernel for this CPU and dtype
+                        assert module is theirs and "primitive" in str(err)
+                        ours(x, hx)
+                        break
+                dtypes.append((out.dtype, h_n.dtype, c_n.dtype))
+        assert len(dtypes) in (0, 2)
+        assert not dtypes or dtypes[0] == dtypes[1], (hx is not None, grad)
+
+
 def test_autocast_gru_on_cpu_returns_and_computes_float32_like_torch_nn():
     _, ours = module_pair("GRU")
     x = torch.randn(T, B, I, requires_grad=True)
@@ -839,6 +866,17 @@ def test_float64_modules_stay_float64_under_autocast_like_torch_nn(name):
             out = module(x)
         dtypes.append(torch.utils._pytree.tree_leaves(out)[0].dtype)
     assert dtypes == [torch.float64, torch.float64]
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_a_float64_module_on_float32_input_under_autocast_raises_like_torch_nn(name):
+    # autocast leaves float64 weights alone and casts the input: the dtypes differ, which torch.nn refuses
+    # (with messages of its kernels); seqops must not round the weights down to run anyway.
+    x = torch.randn(T, B, I) if "Cell" not in name else torch.randn(B, I)
+    for lib in (nn, seqops):
+        module = getattr(lib, name)(I, H).double()
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="dtype|data type"):
+            module(x)
 
 
 @pytest.mark.parametrize("mode", MODES)

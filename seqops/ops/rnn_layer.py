@@ -213,6 +213,15 @@ _CPU_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _in_fp32(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    # The op's own check of one dtype for all, before the upcast would hide a mismatch (a float64 module that
+    # autocast left as it is, on a bf16 input)
+    named = {"hx": hx, "cx": cx, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "w_hr": w_hr}
+    for name, t in named.items():
+        if t is not None and t.dtype != input.dtype:
+            op = {"LSTM": "lstm_layer", "GRU": "gru_layer"}.get(mode, "rnn_layer")
+            raise RuntimeError(f"{op}: {name} has dtype {t.dtype} but input has dtype {input.dtype}; all tensors "
+                               "must share one dtype")
+
     def up(t):
         return None if t is None else t.float()
 
