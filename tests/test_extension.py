@@ -49,3 +49,20 @@ def test_missing_build_raises_a_clear_import_error(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", no_build_info)
     with pytest.raises(ImportError, match="has not been built"):
         _extension.load()
+
+
+@pytest.mark.parametrize("isa,lacking", [("avx512", "avx512_bw"), ("avx2", "avx2"), ("avx2", "fma3")])
+def test_a_build_for_vectors_this_cpu_lacks_raises_a_clear_import_error(monkeypatch, isa, lacking):
+    # A binary built where AVX-512 is (SEQOPS_CPU_ISA=auto), copied to a CPU without: an error, not SIGILL.
+    info = _extension._build_info()
+    monkeypatch.setattr(info, "CPU_ISA", isa)
+    capabilities = dict.fromkeys(_extension._ISA_FEATURES["avx512"], True)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**capabilities, "avx2": True, lacking: False})
+    with pytest.raises(ImportError, match=f"built for {isa.upper()}.*{lacking}.*SEQOPS_CPU_ISA"):
+        _extension.load()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**capabilities, "avx2": True})
+    _extension.load()
+
+
+def test_this_cpu_runs_the_installed_build():
+    assert _extension._missing_cpu_features(_extension._build_info().CPU_ISA) == []

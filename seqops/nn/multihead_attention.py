@@ -104,6 +104,7 @@ class MultiheadAttention(AdoptsSharedBackwardHooks, nn.MultiheadAttention):
         _check_key_value(*(_sequence_first(t, batched, self.batch_first) for t in (key, value)),
                          not self._qkv_same_embed_dim)
 
+        self_attention = query is key and key is value  # before the views below make three tensors of one
         # Work batch-first, [N, L, E]: transposes here are views, and the heads are split by views below.
         if not batched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -117,7 +118,7 @@ class MultiheadAttention(AdoptsSharedBackwardHooks, nn.MultiheadAttention):
         S = key.shape[1]
         H, hd = self.num_heads, self.head_dim
 
-        q, k, v = self._project(query, key, value)
+        q, k, v = self._project(query, key, value, self_attention)
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(N, 1, E)], dim=1)
             v = torch.cat([v, self.bias_v.expand(N, 1, E)], dim=1)
@@ -141,12 +142,12 @@ class MultiheadAttention(AdoptsSharedBackwardHooks, nn.MultiheadAttention):
         out = F.linear(out.transpose(1, 2).reshape(N, L, E), self.out_proj.weight, self.out_proj.bias)
         return (out if batched else out.squeeze(0)), None
 
-    def _project(self, query, key, value):
+    def _project(self, query, key, value, self_attention):
         w, b = self.in_proj_weight, self.in_proj_bias
         E = self.embed_dim
         bq, bk, bv = (None, None, None) if b is None else b.chunk(3)
         if self._qkv_same_embed_dim:
-            if query is key and key is value:  # self-attention: one GEMM for all three projections
+            if self_attention:  # one GEMM for all three projections, as torch's
                 return F.linear(query, w, b).chunk(3, dim=-1)
             wq, wk, wv = w[:E], w[E:2 * E], w[2 * E:]
         else:
