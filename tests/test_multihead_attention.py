@@ -212,3 +212,22 @@ def test_compile_fullgraph():
     compiled = torch.compile(ours, fullgraph=True, dynamic=False)
     out = compiled(x, x, x, need_weights=False)[0]
     torch.testing.assert_close(out, theirs(x, x, x, need_weights=False)[0])
+
+
+@pytest.mark.parametrize("batch_first,unbatched", [(False, False), (True, False), (False, True)])
+def test_self_attention_projects_query_key_and_value_in_one_gemm(batch_first, unbatched):
+    # As torch's in_projection_packed does, in every layout: one in-projection and the output projection.
+    ours, theirs = _pair(batch_first=batch_first)
+    x = _inputs(batch_first, unbatched=unbatched)[0]
+
+    class CountLinear(torch.overrides.TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            CountLinear.calls += func is torch.nn.functional.linear
+            return func(*args, **(kwargs or {}))
+
+    with CountLinear():
+        out, _ = ours(x, x, x, need_weights=False)
+    assert CountLinear.calls == 2
+    torch.testing.assert_close(out, theirs(x, x, x, need_weights=False)[0])
