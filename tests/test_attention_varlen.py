@@ -293,6 +293,16 @@ def test_gradcheck_float64_and_double_backward():
     torch.autograd.gradgradcheck(lambda *t: f(*t)[0], (q, k, v))
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit.trace` is deprecated")
+def test_jit_trace_keeps_the_default_scale_in_double_precision():
+    # Traced, the head dim is a tensor: a scale computed from it in float32 would be off by ~1e-8 (float64 sees).
+    lengths = [5, 12]
+    q, k, v = (packed(lengths, 2, 8, dtype=torch.float64) for _ in range(3))
+    cu = cumulative_lengths(lengths)
+    traced = torch.jit.trace(lambda q, k, v: seqops.attention_varlen(q, k, v, cu, cu), (q, k, v), check_trace=False)
+    torch.testing.assert_close(traced(q, k, v), seqops.attention_varlen(q, k, v, cu, cu), rtol=1e-14, atol=1e-14)
+
+
 @pytest.mark.compile
 def test_compile_fullgraph_forward_and_backward():
     lengths = [5, 12]

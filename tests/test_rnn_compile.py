@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import seqops
+from seqops.ops import rnn_layer
 
 pytestmark = pytest.mark.compile
 
@@ -132,6 +133,27 @@ def test_fullgraph_takes_a_packed_sequence_with_initial_states(mode, enforce_sor
     bad = torch.randn(4, B + 1, H)
     with pytest.raises(RuntimeError, match=r"size|expected hx of shape \[3, 6\]"):
         compiled(packed, (bad, bad) if mode == "LSTM" else bad)
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("grad", [True, False])
+def test_fullgraph_plain_lstm_under_autocast(monkeypatch, grad, input_dtype):
+    # Under CPU autocast the LSTM's result dtype depends on whether torch.nn's LSTM would take oneDNN, which
+    # the module must decide without queries Dynamo cannot trace. (Eager on seqops' kernels too, as compiled
+    # code always is: oneDNN's bf16 LSTM rounds differently.)
+    monkeypatch.setattr(rnn_layer, "CPU_LSTM_INFERENCE", "fused")
+    lstm = seqops.LSTM(I, H, 2)
+    x = torch.randn(T, B, I, dtype=input_dtype)
+
+    def run(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return lstm(x)
+
+    with torch.set_grad_enabled(grad):
+        got = torch.compile(run, fullgraph=True, backend="aot_eager")(x)
+        want = run(x)
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want), strict=True):
+        torch.testing.assert_close(a, b)  # dtypes included
 
 
 @pytest.mark.parametrize("grad", [True, False])

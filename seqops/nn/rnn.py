@@ -24,16 +24,28 @@ from seqops.ops.rnn_stack import packed_batch, rnn_stack, weights_from_flat
 __all__ = ["LSTM", "GRU", "RNN"]
 
 
+def _onednn_dtypes():
+    # What this torch and CPU give oneDNN's LSTM, read once: TorchDynamo cannot trace these queries.
+    if not torch.backends.mkldnn.is_available():
+        return frozenset()
+    dtypes = {torch.float32}
+    try:
+        dtypes |= {torch.bfloat16} if torch.ops.mkldnn._is_mkldnn_bf16_supported() else set()
+        dtypes |= {torch.float16} if torch.ops.mkldnn._is_mkldnn_fp16_supported() else set()
+    except (AttributeError, RuntimeError):
+        pass
+    return frozenset(dtypes)
+
+
+_ONEDNN_DTYPES = _onednn_dtypes()
+
+
 def _onednn_takes(input):
     """Whether torch.nn.LSTM on this (unpacked, CPU) input, as its caller passes it, runs oneDNN's fused LSTM
     (the op CPU autocast lists): ATen's use_mkldnn. fp16 needs grad mode off and a CPU with fp16 support."""
-    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled) or input.numel() == 0:
+    if not torch.backends.mkldnn.enabled or input.numel() == 0 or input.dtype not in _ONEDNN_DTYPES:
         return False
-    if input.dtype == torch.bfloat16:
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if input.dtype == torch.float16:
-        return not torch.is_grad_enabled() and torch.ops.mkldnn._is_mkldnn_fp16_supported()
-    return input.dtype == torch.float32
+    return input.dtype != torch.float16 or not torch.is_grad_enabled()
 
 
 class _SeqopsRNNBase(AdoptsSharedBackwardHooks, nn.RNNBase):

@@ -47,7 +47,7 @@ def _triton_available():
 
 
 def _runs_kernels(q, v):
-    if q.dtype not in _KERNEL_DTYPES or max(q.shape[-1], v.shape[-1]) > MAX_KERNEL_HEAD_DIM:
+    if q.dtype not in _KERNEL_DTYPES or q.shape[-1] > MAX_KERNEL_HEAD_DIM or v.shape[-1] > MAX_KERNEL_HEAD_DIM:
         return False
     # Triton's interpreter multiplies bf16 tiles wrongly (tl.dot reads their bits as integers; triton 3.8), so bf16
     # CPU tensors take the CPU route, which computes them as SDPA does, instead of returning garbage.
@@ -410,7 +410,8 @@ def _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, is_causal, sca
     hq, hk = query.shape[-3], key.shape[-3]
     if value.shape[-3] != hk or not (hq == hk or (enable_gqa and hq % hk == 0)):
         return False
-    if min(query.shape[-2], key.shape[-2], query.shape[-1]) == 0 or query.numel() == 0:
+    # Each size against 0 on its own: min() of symbolic sizes would make torch.export guard on their order
+    if query.shape[-2] == 0 or key.shape[-2] == 0 or query.shape[-1] == 0 or query.numel() == 0:
         return False
     if any(t.stride(-1) != 1 for t in (query, key, value)):
         return False

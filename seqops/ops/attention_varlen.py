@@ -12,6 +12,8 @@ The ops copy the cumulative lengths to the host once per call (one sync on CUDA)
 one is an error instead of an out-of-bounds access, and to size the launch grid by the longest sequence.
 """
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -136,7 +138,8 @@ def attention_varlen_with_lse(query, key, value, cu_seqlens_q, cu_seqlens_k, dro
                                    "grouped-query attention")
     cu_q, cu_k = (torch.as_tensor(c).to(query.device) for c in (cu_seqlens_q, cu_seqlens_k))
     if scale is None:
-        scale = query.shape[-1] ** -0.5 if query.shape[-1] > 0 else 1.0
+        # 1 / sqrt in double precision: under torch.jit.trace the size is a tensor, whose ** -0.5 is float32
+        scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
     seed = _draw_seed(query.device) if dropout_p > 0 else None
     return call_op(_ops.attention_varlen_fwd, query, key, value, cu_q, cu_k, seed, scale, bool(is_causal),
                    float(dropout_p))
