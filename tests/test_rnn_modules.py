@@ -423,6 +423,16 @@ def test_bad_packed_input_raises_as_padded_does():
         ours(pack_padded_sequence(x, torch.tensor([5, 3])), (h, h))
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_states_with_more_rows_than_an_unsorted_packed_batch_raise(mode):
+    # torch.nn reorders the states by sorted_indices first, which drops the extra rows without a word.
+    _, ours = module_pair(mode)
+    packed = pack_padded_sequence(torch.randn(T, 2, I), torch.tensor([3, 5]), enforce_sorted=False)
+    h = torch.randn(1, 3, H)
+    with pytest.raises(RuntimeError, match=r"size \(1, 2, 6\), got \[1, 3, 6\]"):
+        ours(packed, (h, h) if mode == "LSTM" else h)
+
+
 def test_tensors_on_different_devices_raise():
     # Two devices without a GPU: the meta device stands in for the other one.
     _, ours = module_pair("LSTM")
@@ -785,7 +795,8 @@ def _onednn_products(fn):
     return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
 
 
-@pytest.mark.parametrize("mode,proj_size", [(mode, 16 if mode == "LSTM" else 0) for mode in MODES] + [("LSTM", 0)])
+@pytest.mark.parametrize("mode,proj_size",
+                         [(mode, 16 if mode == "LSTM" else 0) for mode in MODES] + [("LSTM", 0), ("LSTM", 8)])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("gemms", ["onednn", "mm"])
 def test_cpu_float32_weight_gradients_at_scale_match_torch_nn(monkeypatch, mode, proj_size, packed, gemms):
@@ -796,7 +807,7 @@ def test_cpu_float32_weight_gradients_at_scale_match_torch_nn(monkeypatch, mode,
     # FlashAttention's rule at fp32: seqops' error vs float64 at most 2x torch.nn's fp32 error (+1 ulp of the
     # largest value), on the outputs and every gradient. The step GEMMs (cpu/packed_step.cpp) run here over
     # several K blocks and 15 rows = three register tiles of 5; the unprojected LSTM over its fused sequence
-    # kernels.
+    # kernels. proj_size 8: the [4H, 8] and [8, H] weight gradients in 64-row blocks (gemm.h: narrow outputs).
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
     monkeypatch.setenv("SEQOPS_ONEDNN", "1" if gemms == "onednn" else "0")

@@ -68,8 +68,29 @@ inline bool weight_grad_on_onednn(const Tensor& grad, const Tensor& x) {
          weight >= (int64_t{1} << 16) && weight <= (int64_t{1} << 20);
 }
 
+// A weight gradient under 16 rows or columns ([4H, P] and [P, H] of an LSTM with a small proj_size, [G, I] of a
+// narrow input) on the CPU: MKL's product for such a narrow output sums all N rows in one chain. At N = 1320,
+// [128, 8] measured 1.3e-6 against float64, 5x torch.nn's per-step sums; in blocks of 64 rows through one
+// batched product, the blocks summed by at::sum (pairwise), 1.8e-7 (2-core AMD EPYC Zen 4; 0.16 -> 0.22 ms).
+inline bool weight_grad_in_blocks(const Tensor& grad, const Tensor& x, int64_t rows_per_block) {
+  return grad.is_cpu() && grad.scalar_type() == at::kFloat && std::min(grad.size(1), x.size(1)) < 16 &&
+         grad.size(0) >= 2 * rows_per_block;
+}
+
+// grad [N, G], x [N, K] -> [G, K], contiguous
+inline Tensor weight_grad_by_blocks(const Tensor& grad, const Tensor& x, int64_t rows_per_block) {
+  const int64_t N = grad.size(0), G = grad.size(1), K = x.size(1);
+  const int64_t blocks = N / rows_per_block, main = blocks * rows_per_block;
+  Tensor sum = at::bmm(grad.narrow(0, 0, main).reshape({blocks, rows_per_block, G}).transpose(1, 2),
+                       x.narrow(0, 0, main).reshape({blocks, rows_per_block, K}))
+                   .sum(0);
+  if (main < N) sum.addmm_(grad.narrow(0, main, N - main).t(), x.narrow(0, main, N - main));
+  return sum;
+}
+
 inline Tensor weight_grad(const Tensor& grad, const Tensor& x) {
-  constexpr int64_t kRowsPerProduct = 256;
+  constexpr int64_t kRowsPerProduct = 256, kRowsPerBlock = 64;
+  if (weight_grad_in_blocks(grad, x, kRowsPerBlock)) return weight_grad_by_blocks(grad, x, kRowsPerBlock);
   if (!weight_grad_on_onednn(grad, x)) return grad.t().mm(x);
   Tensor sum = sum_of_parts(grad.size(0), kRowsPerProduct, [&](int64_t start, int64_t rows) {  // [K, G]
     return onednn::linear(x.narrow(0, start, rows).t().contiguous(), grad.narrow(0, start, rows).t(), std::nullopt);
