@@ -22,13 +22,14 @@ _ISA_FEATURES = {
 
 
 def _missing_cpu_features(isa):
-    """The features of the build's ISA that the running CPU lacks (none where it cannot be told)."""
+    """The features of the build's ISA that the running CPU is known to lack: a feature the table does not name
+    (another torch's names) is not held against it."""
     needed = _ISA_FEATURES.get(isa, ())
     try:
         capabilities = torch.cpu.get_capabilities() if needed else {}
     except (AttributeError, RuntimeError):
         return []
-    return [feature for feature in needed if not capabilities.get(feature, False)]
+    return [feature for feature in needed if capabilities.get(feature) is False]
 
 
 def load():

@@ -52,8 +52,11 @@ def _twin_of(module, twin_class):
         {k: v if "hooks" in k else copy.copy(v) if isinstance(v, (dict, list, set)) else v
          for k, v in module.__dict__.items()}
     )
-    if module.__dict__.get("_compiled_call_impl") is not None:
-        twin._compiled_call_impl = _compiled_like(module._compiled_call_impl, twin)
+    compiled = module.__dict__.get("_compiled_call_impl")
+    if compiled is not None:
+        # Module.compile(disable=True) (or with dynamo disabled) stores the original's own call: nothing compiled
+        uncompiled = getattr(compiled, "__self__", None) is module
+        twin._compiled_call_impl = None if uncompiled else _compiled_like(compiled, twin)
     return twin
 
 

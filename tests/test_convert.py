@@ -252,6 +252,15 @@ def test_a_module_compiled_in_place_stays_compiled_as_its_twin():
     assert any("seqops" in op for op in ops), ops
 
 
+def test_a_module_compiled_with_compile_disabled_gives_an_uncompiled_twin():
+    original = nn.GRU(4, 6, num_layers=2, dropout=0.5)
+    original.compile(disable=True)  # stores the original's own call
+    model = seqops.convert(nn.Sequential(original)).eval()
+    assert model[0]._compiled_call_impl is None
+    x = torch.randn(5, 3, 4)
+    torch.testing.assert_close(model(x)[0], model(x)[0], rtol=0, atol=0)  # the twin's eval mode, not the original's
+
+
 def test_a_compiled_call_without_readable_settings_is_compiled_with_the_defaults():
     original = nn.GRU(4, 6)
     original._compiled_call_impl = lambda *args, **kwargs: None  # not a torch.compile wrapper of this torch

@@ -66,3 +66,11 @@ def test_a_build_for_vectors_this_cpu_lacks_raises_a_clear_import_error(monkeypa
 
 def test_this_cpu_runs_the_installed_build():
     assert _extension._missing_cpu_features(_extension._build_info().CPU_ISA) == []
+
+
+def test_features_the_capability_table_does_not_name_are_not_held_against_the_cpu(monkeypatch):
+    info = _extension._build_info()
+    monkeypatch.setattr(info, "CPU_ISA", "avx512")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})  # another torch's names
+    assert _extension._missing_cpu_features("avx512") == []
+    _extension.load()

@@ -77,15 +77,21 @@ inline bool weight_grad_in_blocks(const Tensor& grad, const Tensor& x, int64_t r
          grad.size(0) >= 2 * rows_per_block;
 }
 
-// grad [N, G], x [N, K] -> [G, K], contiguous
-inline Tensor weight_grad_by_blocks(const Tensor& grad, const Tensor& x, int64_t rows_per_block) {
-  const int64_t N = grad.size(0), G = grad.size(1), K = x.size(1);
-  const int64_t blocks = N / rows_per_block, main = blocks * rows_per_block;
-  Tensor sum = at::bmm(grad.narrow(0, 0, main).reshape({blocks, rows_per_block, G}).transpose(1, 2),
-                       x.narrow(0, 0, main).reshape({blocks, rows_per_block, K}))
+// a [N, M], b [N, K] -> [M, K] = a^T b, in blocks of rows_per_block rows summed pairwise (the tail added last)
+inline Tensor transposed_product_by_blocks(const Tensor& a, const Tensor& b, int64_t rows_per_block) {
+  const int64_t N = a.size(0), blocks = N / rows_per_block, main = blocks * rows_per_block;
+  Tensor sum = at::bmm(a.narrow(0, 0, main).reshape({blocks, rows_per_block, a.size(1)}).transpose(1, 2),
+                       b.narrow(0, 0, main).reshape({blocks, rows_per_block, b.size(1)}))
                    .sum(0);
-  if (main < N) sum.addmm_(grad.narrow(0, main, N - main).t(), x.narrow(0, main, N - main));
+  if (main < N) sum.addmm_(a.narrow(0, main, N - main).t(), b.narrow(0, main, N - main));
   return sum;
+}
+
+// grad [N, G], x [N, K] -> [G, K], contiguous. The narrow side is each block product's row dim: as the column
+// dim it is MKL's slow path again (K = 1, N = 1000, G = 1024: 3.0 ms against 0.16 ms this way round).
+inline Tensor weight_grad_by_blocks(const Tensor& grad, const Tensor& x, int64_t rows_per_block) {
+  if (x.size(1) < grad.size(1)) return transposed_product_by_blocks(x, grad, rows_per_block).t().contiguous();
+  return transposed_product_by_blocks(grad, x, rows_per_block);
 }
 
 inline Tensor weight_grad(const Tensor& grad, const Tensor& x) {
