@@ -4,7 +4,9 @@ import importlib
 
 import torch
 
-_REBUILD = "rebuild it with: python -m pip install --no-build-isolation --no-deps -e .  (or `make build`)"
+_REBUILD = ("rebuild it against the installed torch: python -m pip install --no-build-isolation --no-deps "
+            "--force-reinstall <seqops source directory or sdist>  (in a checkout: pip install "
+            "--no-build-isolation --no-deps -e .)")
 
 
 def _build_info():
