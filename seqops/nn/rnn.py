@@ -18,34 +18,10 @@ from torch.nn.utils.rnn import PackedSequence
 
 from seqops.nn._autocast import autocast_dtype, autocast_off, cast, result_dtype
 from seqops.nn._shared_hooks import AdoptsSharedBackwardHooks
-from seqops.ops.rnn_layer import _onednn_lstm_applies, rnn_layer
+from seqops.ops.rnn_layer import _onednn_lstm_applies, onednn_takes, rnn_layer
 from seqops.ops.rnn_stack import packed_batch, rnn_stack, weights_from_flat
 
 __all__ = ["LSTM", "GRU", "RNN"]
-
-
-def _onednn_dtypes():
-    # What this torch and CPU give oneDNN's LSTM, read once: TorchDynamo cannot trace these queries.
-    if not torch.backends.mkldnn.is_available():
-        return frozenset()
-    dtypes = {torch.float32}
-    try:
-        dtypes |= {torch.bfloat16} if torch.ops.mkldnn._is_mkldnn_bf16_supported() else set()
-        dtypes |= {torch.float16} if torch.ops.mkldnn._is_mkldnn_fp16_supported() else set()
-    except (AttributeError, RuntimeError):
-        pass
-    return frozenset(dtypes)
-
-
-_ONEDNN_DTYPES = _onednn_dtypes()
-
-
-def _onednn_takes(input):
-    """Whether torch.nn.LSTM on this (unpacked, CPU) input, as its caller passes it, runs oneDNN's fused LSTM
-    (the op CPU autocast lists): ATen's use_mkldnn. fp16 needs grad mode off and a CPU with fp16 support."""
-    if not torch.backends.mkldnn.enabled or input.numel() == 0 or input.dtype not in _ONEDNN_DTYPES:
-        return False
-    return input.dtype != torch.float16 or not torch.is_grad_enabled()
 
 
 class _SeqopsRNNBase(AdoptsSharedBackwardHooks, nn.RNNBase):
@@ -84,7 +60,7 @@ class _SeqopsRNNBase(AdoptsSharedBackwardHooks, nn.RNNBase):
             return (hx.dtype if isinstance(hx, torch.Tensor) else data.dtype), None
         if self.mode != "LSTM":
             return None, None
-        if not (isinstance(input, PackedSequence) or self.proj_size > 0) and _onednn_takes(data):
+        if not (isinstance(input, PackedSequence) or self.proj_size > 0) and onednn_takes(data):
             return None, None
         c0 = hx[1] if isinstance(hx, (tuple, list)) and len(hx) == 2 else None
         c_dtype = c0.dtype if isinstance(c0, torch.Tensor) else data.dtype

@@ -2,6 +2,8 @@
 
 import torch
 
+from seqops.nn._autocast import ops_own_precision
+
 # op -> (setup_context, backward): the autograd each op registers with torch.library, also run by _EagerAutograd.
 _AUTOGRAD = {}
 
@@ -92,8 +94,15 @@ def double_backward_through(reference, inputs, outputs_grads):
 
     The fused backward op has no derivative of its own; under create_graph autograd runs a backward with grad
     mode on, and then the gradient is recomputed through the pure-PyTorch reference, whose graph hangs off
-    the original inputs, so second derivatives are exact. Slower, and only taken when asked for.
+    the original inputs, so second derivatives are exact. Slower, and only taken when asked for. With autocast
+    off: a reference that upcasts (attention's) must not have its products cast back down.
     """
+    device = next(x.device.type for x in inputs if isinstance(x, torch.Tensor))
+    with ops_own_precision(device):
+        return _double_backward(reference, inputs, outputs_grads)
+
+
+def _double_backward(reference, inputs, outputs_grads):
     # Each slot reads its own view: a tensor passed in two slots (b_ih is b_hh, a state fed back as the input)
     # then gets each slot's partial gradient, which autograd sums over the slots, not the total in both.
     wants = [isinstance(x, torch.Tensor) and x.requires_grad for x in inputs]

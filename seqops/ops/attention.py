@@ -225,8 +225,7 @@ def _backward(ctx, dout, dlse):
     q, k, v, mask, seed, out, lse = ctx.saved_tensors
     args = (q, k, v, mask, seed, ctx.scale, ctx.is_causal, ctx.dropout_p)
     if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
-        with ops_own_precision(q.device.type):
-            return double_backward_through(_differentiable_forward, args, (dout, dlse))
+        return double_backward_through(_differentiable_forward, args, (dout, dlse))
     if dout is None:
         dout = torch.zeros_like(out)
     # A float mask can carry a gradient (dS, reduced over its broadcast dims by autograd's expand backward).

@@ -103,8 +103,7 @@ def _backward(ctx, dout, dlse):
     q, k, v, cu_q, cu_k, seed, out, lse = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
         args = (q, k, v, cu_q, cu_k, seed, ctx.scale, ctx.is_causal, ctx.dropout_p)
-        with ops_own_precision(q.device.type):
-            return double_backward_through(_differentiable_forward, args, (dout, dlse))
+        return double_backward_through(_differentiable_forward, args, (dout, dlse))
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = _ops.attention_varlen_bwd(dout, dlse, q, k, v, cu_q, cu_k, seed, out, lse, ctx.scale,

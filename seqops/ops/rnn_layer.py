@@ -175,8 +175,32 @@ register_autograd("rnn_layer_forward", _rnn_backward, setup_context=_rnn_setup)
 CPU_LSTM_INFERENCE = os.environ.get("SEQOPS_CPU_LSTM_INFERENCE", "onednn")
 
 
+def _onednn_dtypes():
+    # What this torch and CPU give oneDNN's LSTM, read once: TorchDynamo cannot trace these queries.
+    if not torch.backends.mkldnn.is_available():
+        return frozenset()
+    dtypes = {torch.float32}
+    try:
+        dtypes |= {torch.bfloat16} if torch.ops.mkldnn._is_mkldnn_bf16_supported() else set()
+        dtypes |= {torch.float16} if torch.ops.mkldnn._is_mkldnn_fp16_supported() else set()
+    except (AttributeError, RuntimeError):
+        pass
+    return frozenset(dtypes)
+
+
+_ONEDNN_DTYPES = _onednn_dtypes()
+
+
+def onednn_takes(input):
+    """Whether torch.nn.LSTM on this (unpacked, CPU) input, as its caller passes it, runs oneDNN's fused LSTM
+    (the op CPU autocast lists): ATen's use_mkldnn. fp16 needs grad mode off and a CPU with fp16 support."""
+    if not torch.backends.mkldnn.enabled or input.numel() == 0 or input.dtype not in _ONEDNN_DTYPES:
+        return False
+    return input.dtype != torch.float16 or not torch.is_grad_enabled()
+
+
 def _onednn_lstm_applies(input, batch_sizes, tensors, w_hr):
-    # Tracers first: Dynamo cannot trace torch.backends.mkldnn.is_available() (a graph break), and a
+    # Tracers first: a compiled graph holds seqops' op (the oneDNN queries are read at import), and a
     # torch.jit.trace, checked with grad off, must record the op it recorded with grad on. torch.func
     # transforms (vmap) have no batching rule for aten::lstm: seqops' op has one.
     return (
@@ -189,7 +213,7 @@ def _onednn_lstm_applies(input, batch_sizes, tensors, w_hr):
         and batch_sizes is None
         and w_hr is None
         and input.dim() == 3
-        and torch.backends.mkldnn.is_available()
+        and bool(_ONEDNN_DTYPES)  # oneDNN in this torch
         and torch.backends.mkldnn.enabled
         and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
     )
