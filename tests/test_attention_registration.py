@@ -111,6 +111,10 @@ BAD_INPUTS = [
      "do not broadcast"),
     ("dropout", lambda attention, q, k, v: attention(q, k, v, dropout_p=1.5), ValueError, "dropout_p"),
     ("not a tensor", lambda attention, q, k, v: attention(q.tolist(), k, v), TypeError, "must be a Tensor"),
+    ("is_causal None", lambda attention, q, k, v: attention(q, k, v, is_causal=None), TypeError, "must be bool"),
+    ("is_causal int", lambda attention, q, k, v: attention(q, k, v, None, 0.0, 1), TypeError, "must be bool"),
+    ("enable_gqa int", lambda attention, q, k, v: attention(q, k, v, enable_gqa=1), TypeError, "must be bool"),
+    ("dropout None", lambda attention, q, k, v: attention(q, k, v, dropout_p=None), TypeError, "must be float"),
 ]
 
 

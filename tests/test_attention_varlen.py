@@ -250,6 +250,8 @@ def test_jagged_bad_inputs_raise_clearly():
         seqops.attention(q, k, other)
     with pytest.raises(InvalidArgumentError, match="nested tensors are not supported"):
         seqops.attention_with_lse(q, k, k)
+    with pytest.raises(TypeError, match="'is_causal' must be bool"):
+        seqops.attention(q, k, k, is_causal=None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -371,6 +373,10 @@ def test_bad_shapes_and_dtypes_raise():
         seqops.attention_varlen(q, k, k, cu_q, cu_k, dropout_p=1.5)
     with pytest.raises(InvalidArgumentError, match="1-D"):
         seqops.attention_varlen(q, k, k, cu_q[None], cu_k)
+    with pytest.raises(TypeError, match="'is_causal' must be bool"):
+        seqops.attention_varlen(q, k, k, cu_q, cu_k, is_causal=1)
+    with pytest.raises(TypeError, match="'dropout_p' must be float"):
+        seqops.attention_varlen(q, k, k, cu_q, cu_k, dropout_p="0.1")
 
 
 def test_nan_propagates_to_its_own_sequence_only():

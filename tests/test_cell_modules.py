@@ -275,3 +275,18 @@ def test_the_two_bias_gradients_are_two_tensors(kind):
         expected = grads["grad_bias_hh"].clone()
         grads["grad_bias_ih"].mul_(0.1)
         torch.testing.assert_close(grads["grad_bias_hh"], expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("batched", [True, False])
+def test_hidden_size_zero_gives_empty_states_like_torch(kind, batched):
+    name, _, nonlinearity = kind.partition("_")
+    kwargs = {"nonlinearity": nonlinearity} if nonlinearity else {}
+    theirs, ours = getattr(nn, name)(I, 0, **kwargs), getattr(seqops, name)(I, 0, **kwargs)
+    x = torch.randn((B, I) if batched else (I,), requires_grad=True)
+    want, got = theirs(x), ours(x)
+    want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.requires_grad
+    sum(s.sum() for s in got).backward()
+    torch.testing.assert_close(x.grad, torch.zeros_like(x))

@@ -187,21 +187,6 @@ def test_outputs_may_be_modified_in_place_and_trained_through(mode, packed):
         torch.testing.assert_close(a, b)
 
 
-def test_forward_mode_ad_is_refused_not_silently_dropped():
-    import torch.autograd.forward_ad as fwAD
-
-    x, h = torch.randn(2, 3), torch.randn(2, 4)
-    w_ih, w_hh = torch.randn(16, 3), torch.randn(16, 4)
-    with fwAD.dual_level():
-        dual = fwAD.make_dual(x, torch.randn_like(x))
-        with pytest.raises(NotImplementedError, match="forward-mode AD"):
-            seqops.lstm_cell(dual, (h, h), w_ih, w_hh)
-        with pytest.raises(NotImplementedError, match="forward-mode AD"):
-            seqops.LSTM(3, 4)(fwAD.make_dual(torch.randn(5, 3), torch.randn(5, 3)))
-        # plain tensors inside a dual_level still run
-        assert seqops.lstm_cell(x, (h, h), w_ih, w_hh)[0].shape == (2, 4)
-
-
 @pytest.mark.parametrize("kwargs", [{}, {"proj_size": 2}, {"num_layers": 2, "bidirectional": True}])
 def test_jit_trace_of_an_lstm_passes_its_check(kwargs):
     # The trace check reruns with grad off, where eager CPU LSTM inference takes oneDNN's fused LSTM: while

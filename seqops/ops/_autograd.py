@@ -6,12 +6,18 @@ from seqops.nn._autocast import ops_own_precision
 
 # op -> (setup_context, backward): the autograd each op registers with torch.library, also run by _EagerAutograd.
 _AUTOGRAD = {}
+# op -> its pure-PyTorch twin: the same arguments, the same outputs (None for workspace outputs), for the
+# differentiation torch.library's custom-op autograd does not give (see _differentiated_outside_autograd).
+_DIFFERENTIABLE = {}
 
 
-def register_autograd(name, backward, setup_context):
-    """torch.library.register_autograd for the op seqops::name, remembered for call_op's eager path."""
+def register_autograd(name, backward, setup_context, differentiable):
+    """torch.library.register_autograd for the op seqops::name, remembered for call_op's eager path, with the
+    op's differentiable pure-PyTorch twin."""
     torch.library.register_autograd(f"seqops::{name}", backward, setup_context=setup_context)
-    _AUTOGRAD[getattr(torch.ops.seqops, name).default] = (setup_context, backward)
+    op = getattr(torch.ops.seqops, name).default
+    _AUTOGRAD[op] = (setup_context, backward)
+    _DIFFERENTIABLE[op] = differentiable
 
 
 class _EagerAutograd(torch.autograd.Function):
@@ -45,13 +51,27 @@ def _needs_graph(args):
     return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
-def _refuse_forward_ad(op, args):
-    # The ops have no jvp formula, and a dual input that does not require grad would lose its tangent without a
-    # word (the result would look like a plain tensor): refuse instead.
+def _has_tangent(args):
     unpack = torch.autograd.forward_ad.unpack_dual
-    if any(isinstance(a, torch.Tensor) and unpack(a).tangent is not None for a in args):
-        raise NotImplementedError(f"{op}: seqops' ops have no forward-mode AD (jvp) formula; use reverse mode, "
-                                  "or the pure-PyTorch versions in seqops.reference")
+    return any(isinstance(a, torch.Tensor) and unpack(a).tangent is not None for a in args)
+
+
+def _differentiated_outside_autograd(args):
+    """Whether the call is differentiated by something the ops' registered autograd cannot serve:
+
+    - forward-mode AD (dual tensors): the ops have no jvp formula, and a dual input that does not require grad
+      would lose its tangent without a word;
+    - a torch.func grad or jvp transform (grad, vjp, jacrev, jacfwd, hessian): torch.library's generated
+      autograd.Function has no setup_context, which functorch requires (pytorch/pytorch#170834, #179652).
+    vmap alone is served: it runs the op per sample."""
+    if torch.autograd.forward_ad._current_level >= 0 and _has_tangent(args):
+        return True
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
 
 
 def call_op(op, *args):
@@ -61,13 +81,19 @@ def call_op(op, *args):
       (~4 us a call, which step-by-step decoding pays every step; the guard is torch.library's own);
     - eager with a graph to record: _EagerAutograd, the same registered autograd without torch.library's
       per-call argument handling;
-    - under torch.compile, torch.jit.trace or a torch.func transform: the op itself, so the tracer and the
-      transforms see the registered custom op and its autograd (a trace of the Function would hold a Python op
-      that torch.jit.save cannot export).
+    - under torch.compile, torch.jit.trace or vmap: the op itself, so the tracer and the transforms see the
+      registered custom op and its autograd (a trace of the Function would hold a Python op that
+      torch.jit.save cannot export);
+    - under forward-mode AD or a torch.func grad/jvp transform: the op's pure-PyTorch twin, with autocast off
+      as the op runs; the same numbers, at the reference's speed.
     """
-    if torch.autograd.forward_ad._current_level >= 0:  # inside a dual_level: forward-mode AD is in use
-        _refuse_forward_ad(op, args)
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return op(*args)
+    if _differentiated_outside_autograd(args):
+        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        with ops_own_precision(device):
+            return _DIFFERENTIABLE[getattr(op, "default", op)](*args)
+    if torch._C._are_functorch_transforms_active():
         return op(*args)
     if torch.is_grad_enabled() and _needs_graph(args):
         return _EagerAutograd.apply(getattr(op, "default", op), *args)

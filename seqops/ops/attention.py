@@ -26,7 +26,7 @@ from seqops.nn._autocast import ops_own_precision
 from seqops.ops import attention_cpu, onnx_export
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd
 from seqops.ops.attention_layout import empty_in_layout, in_layout
-from seqops.ops.attention_op_checks import check_backward_args, check_forward_args
+from seqops.ops.attention_op_checks import check_backward_args, check_flag_types, check_forward_args
 from seqops.ops.errors import InvalidArgumentError, InvalidDtypeError
 from seqops.reference.attention import attention_with_lse as reference_attention_with_lse
 
@@ -236,7 +236,7 @@ def _backward(ctx, dout, dlse):
     return dq, dk, dv, dmask.to(mask.dtype) if need_dmask else None, None, None, None, None
 
 
-register_autograd("attention_fwd", _backward, setup_context=_setup_context)
+register_autograd("attention_fwd", _backward, setup_context=_setup_context, differentiable=_differentiable_forward)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,6 +244,7 @@ register_autograd("attention_fwd", _backward, setup_context=_setup_context)
 
 
 def _check_inputs(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
+    check_flag_types("attention", dropout_p, is_causal, enable_gqa)
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"attention: {name} must be a Tensor, got {type(t).__name__}")

@@ -5,9 +5,27 @@ indexes them unchecked: a short dout or lse, or more key heads than query heads,
 fake kernel that checks also stops a meta tensor among real ones (the Meta key wins the dispatch and would return
 uninitialised memory on the real tensors' device)."""
 
+import numbers
+
 import torch
 
 from seqops.ops.errors import InvalidArgumentError, InvalidDtypeError
+
+
+def check_flag_types(op, dropout_p, is_causal, enable_gqa):
+    """The public functions' scalar arguments typed as SDPA's binding types them: a None or 1 for is_causal is a
+    TypeError there, not a silent False or True."""
+    for name, flag in (("is_causal", is_causal), ("enable_gqa", enable_gqa)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{op}: argument '{name}' must be bool, not {_type_name(flag)}")
+    is_number = isinstance(dropout_p, numbers.Real) and not isinstance(dropout_p, bool)
+    if not (is_number or (isinstance(dropout_p, torch.Tensor) and dropout_p.numel() == 1)):
+        raise TypeError(f"{op}: argument 'dropout_p' must be float, not {_type_name(dropout_p)}")
+
+
+def _type_name(value):
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def check_same_device(op, named, device):

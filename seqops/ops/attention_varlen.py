@@ -21,6 +21,7 @@ from seqops.nn._autocast import ops_own_precision
 from seqops.ops import attention_varlen_cpu
 from seqops.ops._autograd import call_op, double_backward_through, register_autograd
 from seqops.ops.attention import _autocast, _draw_seed, _lse_dtype, _runs_kernels, _scale_value
+from seqops.ops.attention_op_checks import check_flag_types
 from seqops.ops.attention_varlen_checks import check_varlen_backward_args, check_varlen_forward_args, sequence_bounds
 from seqops.ops.errors import InvalidArgumentError
 
@@ -111,7 +112,8 @@ def _backward(ctx, dout, dlse):
     return dq, dk, dv, None, None, None, None, None, None
 
 
-register_autograd("attention_varlen_fwd", _backward, setup_context=_setup_context)
+register_autograd("attention_varlen_fwd", _backward, setup_context=_setup_context,
+                  differentiable=_differentiable_forward)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -123,6 +125,7 @@ def attention_varlen_with_lse(query, key, value, cu_seqlens_q, cu_seqlens_k, dro
     """Like :func:`attention_varlen`, returning ``(out, lse)``: ``lse[h, i]`` is the natural log-sum-exp of
     packed query row i's scaled scores in head h (``-inf`` where its sequence has no visible key), float32
     (float64 for float64 inputs). Both outputs are differentiable."""
+    check_flag_types("attention_varlen", dropout_p, is_causal, enable_gqa)
     query, key, value, _ = _autocast(query, key, value, None)
     scale = _scale_value(scale)
     for name, t in (("query", query), ("key", key), ("value", value)):
@@ -172,6 +175,7 @@ def jagged_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, 
     Returns a nested tensor with the query's ragged structure."""
     from seqops.ops.attention import attention
 
+    check_flag_types("attention", dropout_p, is_causal, enable_gqa)
     if not all(_is_jagged(t) for t in (query, key, value)):
         raise InvalidArgumentError("attention: query, key and value must all be nested tensors of the jagged layout "
                                    "(torch.nested.nested_tensor(..., layout=torch.jagged)) or all dense; strided "

@@ -48,7 +48,8 @@ def _backward(ctx, grad_h1, _grad_gates, _grad_hn):
             grad_b_ih if b_ih is not None else None, grad_b_hh if b_hh is not None else None)
 
 
-register_autograd("gru_cell_forward", _backward, setup_context=_setup_context)
+register_autograd("gru_cell_forward", _backward, setup_context=_setup_context,
+                  differentiable=lambda *args: (*_reference_cell(*args), None, None))
 
 
 @with_autocast(carried_state=lambda input, hx, *args, **kwargs: hx)

@@ -56,7 +56,8 @@ def _backward(ctx, grad_h1, grad_c1, _grad_gates):
     return (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, *bias_grads(grad_bias, b_ih, b_hh))
 
 
-register_autograd("lstm_cell_forward", _backward, setup_context=_setup_context)
+register_autograd("lstm_cell_forward", _backward, setup_context=_setup_context,
+                  differentiable=lambda *args: (*_reference_cell(*args), None))
 
 
 # c is the state torch's CPU lstm_cell carries through its pointwise math: it decides the result dtype.

@@ -44,7 +44,12 @@ def _backward(ctx, grad_h1):
     return (grad_input, grad_hx, grad_w_ih, grad_w_hh, *bias_grads(grad_bias, b_ih, b_hh), None)
 
 
-register_autograd("rnn_cell_forward", _backward, setup_context=_setup_context)
+def _reference_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu):
+    cell = reference.rnn_relu_cell if relu else reference.rnn_tanh_cell
+    return cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+register_autograd("rnn_cell_forward", _backward, setup_context=_setup_context, differentiable=_reference_cell)
 
 
 def _rnn_cell(name, relu, input, hx, w_ih, w_hh, b_ih, b_hh):

@@ -113,7 +113,12 @@ def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, *_saved_grads):
             grad_w_hr if w_hr is not None else None, None)
 
 
-register_autograd("lstm_layer_forward", _lstm_backward, setup_context=_lstm_setup)
+def _lstm_reference(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    out, h_n, c_n = reference.rnn_layer("LSTM", input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    return out, h_n, c_n, None, None, None
+
+
+register_autograd("lstm_layer_forward", _lstm_backward, setup_context=_lstm_setup, differentiable=_lstm_reference)
 
 
 # ---- GRU ----
@@ -138,7 +143,12 @@ def _gru_backward(ctx, grad_out, grad_h_n, *_saved_grads):
             grad_b_hh if b_hh is not None else None, None)
 
 
-register_autograd("gru_layer_forward", _gru_backward, setup_context=_gru_setup)
+def _gru_reference(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
+    out, h_n, _ = reference.rnn_layer("GRU", input, batch_sizes, hx, None, w_ih, w_hh, b_ih, b_hh, None, reverse)
+    return out, h_n, None, None
+
+
+register_autograd("gru_layer_forward", _gru_backward, setup_context=_gru_setup, differentiable=_gru_reference)
 
 
 # ---- vanilla RNN ----
@@ -163,7 +173,13 @@ def _rnn_backward(ctx, grad_out, grad_h_n):
             None, None)
 
 
-register_autograd("rnn_layer_forward", _rnn_backward, setup_context=_rnn_setup)
+def _rnn_reference(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, relu):
+    mode = "RNN_RELU" if relu else "RNN_TANH"
+    out, h_n, _ = reference.rnn_layer(mode, input, batch_sizes, hx, None, w_ih, w_hh, b_ih, b_hh, None, reverse)
+    return out, h_n
+
+
+register_autograd("rnn_layer_forward", _rnn_backward, setup_context=_rnn_setup, differentiable=_rnn_reference)
 
 
 # LSTM inference on the CPU: oneDNN's fused LSTM (torch's own CPU backend, through aten::lstm) runs the
