@@ -40,7 +40,7 @@ CPU_ROUTE_TESTS := tests/test_attention.py tests/test_attention_cpu.py tests/tes
 	tests/test_attention_launch.py tests/test_attention_layout.py tests/test_attention_op_checks.py \
 	tests/test_attention_varlen.py \
 	tests/test_attention_registration.py tests/test_flops.py tests/test_multihead_attention.py \
-	tests/test_examples.py tests/test_onnx_export.py tests/test_export.py
+	tests/test_examples.py tests/test_onnx_export.py tests/test_export.py tests/test_func_transforms.py
 
 test: build
 	rc=0; $(PY) -m pytest tests benchmarks/tests --benchmark-disable $(PYTEST_ARGS) || rc=$$?; \
