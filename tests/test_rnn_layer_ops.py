@@ -305,6 +305,63 @@ def test_bad_batch_sizes_raise_clear_errors():
         rnn_layer("GRU", reverse=False, **dict(args, batch_sizes=torch.tensor([2**63 - 1, 2**63 - 1, 8])))
 
 
+def test_sizes_without_memory_behind_them_are_refused_not_walked():
+    # Stride-0 views: sizes no memory backs. A padded input's steps are not listed one by one before the other
+    # checks (2^40 of them grew to 14 GB and the OOM killer); seq_len * batch of an empty input cannot wrap.
+    ops = torch.ops.seqops
+    huge_t = torch.zeros(1, 1, 5).expand(2**40, 2, 5)
+    with pytest.raises(RuntimeError, match="hx"):
+        ops.rnn_layer_forward(huge_t, None, torch.zeros(3, 3), torch.zeros(3, 5), torch.zeros(3, 3), None, None,
+                              False, False)
+    with pytest.raises(RuntimeError, match="allocate"):  # consistent sizes: the output's allocation fails
+        ops.rnn_layer_forward(huge_t, None, torch.zeros(2, 3), torch.zeros(3, 5), torch.zeros(3, 3), None, None,
+                              False, False)
+    empty = torch.zeros(1, 1, 0).expand(3, 2**62, 0)
+    with pytest.raises(RuntimeError, match="seq_len \\* batch overflows"):
+        ops.rnn_layer_forward(empty, None, torch.zeros(1, 1).expand(2**62, 1), torch.zeros(1, 0), torch.zeros(1, 1),
+                              None, None, False, False)
+
+
+def _raw_forward_backward(mode, args, requires_grad=False):
+    """The raw layer ops on make_layer's arguments: -> (forward outputs, backward(*saved, grad_output=...))."""
+    ops, a = torch.ops.seqops, args
+    if mode == "LSTM":
+        outs = ops.lstm_layer_forward(a["input"], None, a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["b_ih"],
+                                      a["b_hh"], a["w_hr"], False)
+        out, h_n, c_n = (t.detach().clone().requires_grad_(requires_grad) for t in outs[:3])
+
+        def backward(gates, cells, proj_in):
+            return ops.lstm_layer_backward(out, h_n, c_n, a["input"], None, a["hx"], a["cx"], a["w_ih"], a["w_hh"],
+                                           a["w_hr"], False, out, gates, cells, proj_in, True)
+        return outs[3:], backward
+    outs = ops.gru_layer_forward(a["input"], None, a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], False)
+    out, h_n = (t.detach().clone().requires_grad_(requires_grad) for t in outs[:2])
+
+    def backward(gates, hn):
+        return ops.gru_layer_backward(out, h_n, a["input"], None, a["hx"], a["w_ih"], a["w_hh"], False, out, gates,
+                                      hn, True)
+    return outs[2:], backward
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_backward_op_checks_saved_tensors_before_copying_them(mode):
+    # A malformed stride-0 workspace argument is refused by its shape, not first copied out (48 TB here)
+    saved, backward = _raw_forward_backward(mode, make_layer(mode, dtype=torch.float32))
+    bad_gates = torch.zeros(1, 1).expand(2**40, saved[0].shape[1])
+    with pytest.raises(RuntimeError, match="gates"):
+        backward(bad_gates, *saved[1:])
+
+
+def test_lstm_backward_op_with_a_projection_takes_inputs_that_require_grad():
+    # called directly on gradients that require grad, its add_out must not refuse them
+    args = make_layer("LSTM", proj=2, dtype=torch.float32)
+    saved, backward = _raw_forward_backward("LSTM", args, requires_grad=True)
+    got = backward(*saved)
+    saved, backward = _raw_forward_backward("LSTM", args)
+    for a, b in zip(got, backward(*saved)):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_bad_shapes_and_dtypes_raise_clear_errors(mode):
     args = make_layer(mode)

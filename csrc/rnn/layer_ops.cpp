@@ -105,7 +105,7 @@ Tensor6 lstm_layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
   CarriedState h(hx), c(cx);
   const std::optional<StepGemm> projection = proj ? std::make_optional<StepGemm>(*w_hr, a.layout.batch)
                                                   : std::nullopt;
-  for (size_t i = 0; i < a.layout.steps.size(); ++i) {
+  for (size_t i = 0; i < a.layout.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
     Tensor h_out = rows(output, s), c_new = rows(cells, s);
     const Tensor c_prev = c.enter(s.batch);
@@ -128,18 +128,22 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
                             const Tensor& output, const Tensor& gates_saved, const Tensor& cells_saved,
                             const Tensor& proj_in_saved, bool input_grad) {
   const char* op = "lstm_layer_backward";
-  // The kernels index rows by stride(0) and assume unit column stride: free when already contiguous.
-  const Tensor gates = gates_saved.contiguous(), cells = cells_saved.contiguous();
-  const Tensor proj_in = proj_in_saved.contiguous();
+  // A backward records no graph (double backward differentiates the reference), and add_out below refuses
+  // operands that require grad: called directly on such tensors the op must still run.
+  at::NoGradGuard no_grad;
   auto a = check_layer(op, 4, input, batch_sizes, hx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
   const int64_t H = a.H, N = a.layout.rows, P = hx.size(1);
   const bool proj = w_hr.has_value();
   check_state(op, input, cx, {a.layout.batch, H}, "cx");
   check_state(op, input, grad_h_n, {a.layout.batch, P}, "grad_h_n");
   check_state(op, input, grad_c_n, {a.layout.batch, H}, "grad_c_n");
-  check_state(op, input, gates, {N, 4 * H}, "gates");
-  check_state(op, input, cells, {N, H}, "cells");
-  check_state(op, input, proj_in, {proj ? N : 0, H}, "proj_in");
+  check_state(op, input, gates_saved, {N, 4 * H}, "gates");
+  check_state(op, input, cells_saved, {N, H}, "cells");
+  check_state(op, input, proj_in_saved, {proj ? N : 0, H}, "proj_in");
+  // The kernels index rows by stride(0) and assume unit column stride: free when already contiguous. After the
+  // checks, so a malformed stride-0 argument is refused rather than first copied out in full.
+  const Tensor gates = gates_saved.contiguous(), cells = cells_saved.contiguous();
+  const Tensor proj_in = proj_in_saved.contiguous();
   c10::OptionalDeviceGuard guard(input.device());
   const Tensor grad_out = flat_rows(op, grad_output, input, a.layout, P, "grad_output");
   const Tensor out2d = flat_rows(op, output, input, a.layout, P, "output");
@@ -158,7 +162,7 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
     grad_hx = grad_h_n.contiguous().clone();
     packed->lstm_backward_sequence(gates, cells, cx.contiguous(), grad_out, grad_hx, dc, grad_gates, reverse);
   } else {
-    for (size_t i = a.layout.steps.size(); i-- > 0;) {
+    for (size_t i = a.layout.size(); i-- > 0;) {
       const Step s = a.layout.at(i, reverse);
       Tensor dg = rows(grad_gates, s);
       const Tensor dh_later = dh.enter(s.batch), dc_s = active(dc, s);
@@ -194,7 +198,7 @@ Tensor4 gru_layer_forward(const Tensor& input, const OptTensor& batch_sizes, con
   Tensor hn = at::empty({N, H}, input.options());
   CarriedState h(hx);
   const StepGemm recurrent(w_hh, a.layout.batch);
-  for (size_t i = 0; i < a.layout.steps.size(); ++i) {
+  for (size_t i = 0; i < a.layout.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
     const Tensor h_prev = h.enter(s.batch), h_out = rows(output, s);
     const Tensor gh = recurrent(h_prev, b_hh);  // W_hh h + b_hh, kept apart: r multiplies its n part
@@ -210,12 +214,12 @@ Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
                            bool reverse, const Tensor& output, const Tensor& gates_saved,
                            const Tensor& hn_saved, bool input_grad) {
   const char* op = "gru_layer_backward";
-  const Tensor gates = gates_saved.contiguous(), hn = hn_saved.contiguous();
   auto a = check_layer(op, 3, input, batch_sizes, hx, w_ih, w_hh, std::nullopt, std::nullopt, std::nullopt);
   const int64_t H = a.H, N = a.layout.rows;
   check_state(op, input, grad_h_n, {a.layout.batch, H}, "grad_h_n");
-  check_state(op, input, gates, {N, 3 * H}, "gates");
-  check_state(op, input, hn, {N, H}, "hn");
+  check_state(op, input, gates_saved, {N, 3 * H}, "gates");
+  check_state(op, input, hn_saved, {N, H}, "hn");
+  const Tensor gates = gates_saved.contiguous(), hn = hn_saved.contiguous();  // checked first, as in the LSTM's
   c10::OptionalDeviceGuard guard(input.device());
   const Tensor grad_out = flat_rows(op, grad_output, input, a.layout, H, "grad_output");
   const Tensor out2d = flat_rows(op, output, input, a.layout, H, "output");
@@ -224,7 +228,7 @@ Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
   Tensor grad_gh = at::empty({N, 3 * H}, input.options());
   Tensor dh = grad_h_n.contiguous().clone();
   const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
-  for (size_t i = a.layout.steps.size(); i-- > 0;) {
+  for (size_t i = a.layout.size(); i-- > 0;) {
     const Step s = a.layout.at(i, reverse);
     Tensor dh_s = active(dh, s), dgh = rows(grad_gh, s);
     dh_s.add_(rows(grad_out, s));
@@ -246,7 +250,7 @@ Tensor2 rnn_layer_forward(const Tensor& input, const OptTensor& batch_sizes, con
   Tensor output = project(a.input2d, w_ih, b_ih, b_hh);  // activated in place, step by step
   CarriedState h(hx);
   const StepGemm recurrent(w_hh, a.layout.batch);
-  for (size_t i = 0; i < a.layout.steps.size(); ++i) {
+  for (size_t i = 0; i < a.layout.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
     const Tensor pre = rows(output, s);
     rnn_forward_pointwise(pre, recurrent(h.enter(s.batch)), pre, relu);
@@ -269,7 +273,7 @@ Tensor5 rnn_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
   Tensor grad_pre = at::empty({N, H}, input.options());
   CarriedState dh(grad_h_n);
   const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
-  for (size_t i = a.layout.steps.size(); i-- > 0;) {
+  for (size_t i = a.layout.size(); i-- > 0;) {
     const Step s = a.layout.at(i, reverse);
     const Tensor dp = rows(grad_pre, s);
     rnn_backward_pointwise(rows(out2d, s), dh.enter(s.batch), rows(grad_out, s), dp, relu);

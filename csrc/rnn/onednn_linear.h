@@ -77,7 +77,8 @@ inline bool usable(const Tensor& w) {
 // [16, 64] x [64, 256] 10 us vs 25 us; [4, 256] x [256, 1024] 56 us vs 41 us, one thread).
 inline bool worth_it(int64_t rows, const Tensor& w) {
   constexpr int64_t kMinMacs = int64_t{1} << 20;
-  return rows > 0 && rows * w.size(0) * w.size(1) >= kMinMacs;
+  const int64_t macs_per_row = w.size(0) * w.size(1);  // a weight's numel: no overflow; rows * it could
+  return rows > 0 && macs_per_row > 0 && rows >= (kMinMacs + macs_per_row - 1) / macs_per_row;
 }
 
 // weight [G, K] -> oneDNN's blocked layout for products of `batch` rows: pays off only when the weight is

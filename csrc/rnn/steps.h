@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/safe_numerics.h>
 
 #include <optional>
 #include <string>
@@ -20,14 +21,21 @@ struct Step {
 };
 
 struct TimeLayout {
-  std::vector<Step> steps;  // in time order, whatever the direction
+  // Packed input's steps in time order; padded input's are computed (a stride-0 input of 2^40 steps must
+  // reach the allocation error of its output, not first grow a list of 2^40 entries).
+  std::vector<Step> steps;
+  size_t length = 0;        // T, the number of steps
   int64_t batch = 0;        // B, the rows of the states
   int64_t rows = 0;         // N, the rows of the activations
   bool packed = false;
   bool uniform = true;      // every step has all B rows
 
+  size_t size() const { return length; }
+  Step step(size_t t) const {
+    return packed ? steps[t] : Step{static_cast<int64_t>(t) * batch, batch};
+  }
   // Steps in the order the recurrence runs them.
-  Step at(size_t i, bool reverse) const { return steps[reverse ? steps.size() - 1 - i : i]; }
+  Step at(size_t i, bool reverse) const { return step(reverse ? length - 1 - i : i); }
 };
 
 // input: [T, B, F] with no batch_sizes; [N, F] with batch_sizes [T] (CPU int64, non-increasing, sum N).
@@ -37,9 +45,10 @@ inline TimeLayout make_layout(const char* op, const Tensor& input, const std::op
     TORCH_CHECK(input.dim() == 3, op, ": expected input of shape [seq_len, batch, input_size], got ",
                 input.sizes());
     const int64_t T = input.size(0), B = input.size(1);
+    // input_size 0 leaves T * B unbounded by the input's memory
+    TORCH_CHECK(!c10::mul_overflows(T, B, &layout.rows), op, ": seq_len * batch overflows int64: ", input.sizes());
     layout.batch = B;
-    layout.rows = T * B;
-    for (int64_t t = 0; t < T; ++t) layout.steps.push_back({t * B, B});
+    layout.length = static_cast<size_t>(T);
     return layout;
   }
   const Tensor& bs = *batch_sizes;
@@ -67,6 +76,7 @@ inline TimeLayout make_layout(const char* op, const Tensor& input, const std::op
   TORCH_CHECK(offset == input.size(0), op, ": batch_sizes sum to ", offset, " but the packed input has ",
               input.size(0), " rows");
   layout.rows = offset;
+  layout.length = layout.steps.size();
   return layout;
 }
 
@@ -87,13 +97,13 @@ inline Tensor gather_previous(const TimeLayout& layout, const Tensor& all, const
     }
     return prev;
   }
-  const int64_t T = static_cast<int64_t>(layout.steps.size());
+  const int64_t T = static_cast<int64_t>(layout.size());
   for (int64_t t = 0; t < T; ++t) {
-    const Step s = layout.steps[t];
+    const Step s = layout.step(t);
     const int64_t src_t = reverse ? t + 1 : t - 1;
-    const int64_t from_prev = (src_t < 0 || src_t >= T) ? 0 : std::min(s.batch, layout.steps[src_t].batch);
+    const int64_t from_prev = (src_t < 0 || src_t >= T) ? 0 : std::min(s.batch, layout.step(src_t).batch);
     if (from_prev > 0)
-      prev.narrow(0, s.offset, from_prev).copy_(all.narrow(0, layout.steps[src_t].offset, from_prev));
+      prev.narrow(0, s.offset, from_prev).copy_(all.narrow(0, layout.step(src_t).offset, from_prev));
     if (from_prev < s.batch)
       prev.narrow(0, s.offset + from_prev, s.batch - from_prev).copy_(init.narrow(0, from_prev, s.batch - from_prev));
   }
