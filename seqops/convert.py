@@ -81,18 +81,19 @@ def convert(model: nn.Module) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"seqops.convert expects a torch.nn.Module, got {type(model).__name__}")
-    twins = _twins()
-    done = {}  # id(original) -> twin
+    return _swap(model, _twins(), {})
 
-    def swap(module):
-        key = id(module)
-        if key not in done:
-            twin_class = twins.get(type(module))
-            done[key] = module if twin_class is None else _twin_of(module, twin_class)
-            if twin_class is None:
-                for name, child in list(module._modules.items()):
-                    if child is not None:
-                        module._modules[name] = swap(child)
-        return done[key]
 
-    return swap(model)
+def _swap(module, twins, done):
+    """module's twin, or module with its children swapped; done: id(original) -> twin, one twin per module.
+    A module-level function, not a closure calling itself: that closure is a reference cycle holding `done`,
+    so the whole model (parameters included) would wait for Python's cyclic collector to be freed."""
+    key = id(module)
+    if key not in done:
+        twin_class = twins.get(type(module))
+        done[key] = module if twin_class is None else _twin_of(module, twin_class)
+        if twin_class is None:
+            for name, child in list(module._modules.items()):
+                if child is not None:
+                    module._modules[name] = _swap(child, twins, done)
+    return done[key]

@@ -116,15 +116,17 @@ def test_masks_of_fewer_dims_than_the_scores_take_sdpa_s_flash_kernel(op_route_c
         torch.testing.assert_close(a, b)
 
 
-def test_flags_that_are_not_python_bools_work_as_on_the_other_routes():
+def test_flags_that_are_not_python_bools_are_refused_as_sdpa_refuses_them():
+    # on every route alike: is_causal=None or 1 must not pass as a silent False or True
     import numpy as np
 
     (q, k, v), _ = _tensors(lambda: ((2, 4, 9, 16), (2, 2, 11, 16), (2, 2, 11, 16), {}))
-    want = through_the_ops(q, k, v, is_causal=True, enable_gqa=True)
-    for is_causal, enable_gqa in ((1, 1), (np.bool_(True), np.bool_(True))):
-        torch.testing.assert_close(seqops.attention(q, k, v, is_causal=is_causal, enable_gqa=enable_gqa), want)
-    (q, k, v), _ = _tensors(lambda: ((2, 4, 9, 16), (2, 4, 11, 16), (2, 4, 11, 16), {}))
-    torch.testing.assert_close(seqops.attention(q, k, v, enable_gqa=None), through_the_ops(q, k, v))
+    for flags in ({"is_causal": 1}, {"is_causal": np.bool_(True)}, {"is_causal": None}, {"enable_gqa": 1},
+                  {"enable_gqa": None}):
+        with pytest.raises(TypeError, match="must be bool"):
+            seqops.attention(q, k, v, **flags)
+        with pytest.raises(TypeError, match="must be bool"):
+            F.scaled_dot_product_attention(q, k, v, **flags)
 
 
 # what SDPA would run on its math backend, or what seqops computes its own way: seqops' ops take these

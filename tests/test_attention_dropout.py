@@ -63,3 +63,18 @@ def test_dropout_one_gives_zeros_and_zero_is_exact():
     q, k, v = make_qkv((1, 2, 9, 16), (1, 2, 11, 16), (1, 2, 11, 16), requires_grad=False)
     assert (attention(q, k, v, dropout_p=1.0) == 0).all()
     assert torch.equal(attention(q, k, v, dropout_p=0.0), attention(q, k, v))
+
+
+def test_cpu_mask_drawn_in_blocks_is_the_one_draw(monkeypatch):
+    # The CPU keep-mask is drawn a block of rows at a time (its float draws would cost 4x the mask): the same
+    # mask as one draw of the whole [B, H, L, S], so it does not depend on the block size.
+    import seqops.ops.attention as attention_module
+
+    if attention_module._runs_kernels(torch.empty(1), torch.empty(1)):
+        pytest.skip("the interpreter draws the kernels' philox mask instead")
+    seed = torch.tensor([12345])
+    monkeypatch.setattr(attention_module, "_MASK_BLOCK_ELEMENTS", 40)
+    blocked = attention_dropout_mask(seed, 2, 3, 7, 11, 0.3)
+    whole = torch.rand((2, 3, 7, 11), generator=torch.Generator().manual_seed(12345)) >= 0.3
+    assert torch.equal(blocked, whole)
+    assert attention_dropout_mask(seed, 2, 0, 7, 11, 0.3).shape == (2, 0, 7, 11)

@@ -69,7 +69,20 @@ def attention_dropout_mask(seed, B, H, L, S, dropout_p):
 
         return kernel_mask(seed, B, H, L, S, dropout_p)
     gen = torch.Generator(device="cpu").manual_seed(int(seed.item()))
-    return (torch.rand((B, H, L, S), generator=gen) >= dropout_p).to(seed.device)
+    keep = torch.empty((B, H, L, S), dtype=torch.bool)
+    if keep.numel() == 0:
+        return keep.to(seed.device)
+    # Drawn in blocks of rows: the float32 draws of a whole [B, H, L, S] at once cost 4x the mask itself, and
+    # consecutive draws from one generator are the one draw's numbers (so the mask is the same either way).
+    rows = keep.view(-1, S)
+    block = max(1, _MASK_BLOCK_ELEMENTS // S)
+    for start in range(0, rows.shape[0], block):
+        part = rows[start:start + block]
+        torch.ge(torch.rand(part.shape, generator=gen), dropout_p, out=part)
+    return keep.to(seed.device)
+
+
+_MASK_BLOCK_ELEMENTS = 1 << 22
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -82,12 +95,46 @@ def _lse_dtype(dtype):
 
 
 def _reference_forward(q, k, v, mask, seed, scale, is_causal, dropout_p):
+    # seqops.reference's attention, computed in place on one [B, H, L, S] buffer (the op records no graph):
+    # the out-of-place reference held about four of them, 1.4x SDPA's peak with dropout
     B, H, L, _ = q.shape
     keep = attention_dropout_mask(seed, B, H, L, k.shape[2], dropout_p) if dropout_p > 0 else None
-    out, lse = reference_attention_with_lse(
-        q, k, v, mask, dropout_p, is_causal, scale, enable_gqa=True, upcast=True, dropout_mask=keep
-    )
-    return in_layout(out, q), lse.to(_lse_dtype(q.dtype))
+    qc, kc, vc = _in_compute_dtype(q, k, v)
+    p = _masked_scores(qc, kc, mask, scale, is_causal)
+    lse = torch.logsumexp(p, dim=-1)
+    _probabilities_in_place(p, lse)
+    if keep is not None:
+        p.mul_(keep).mul_(0.0 if dropout_p >= 1 else 1.0 / (1.0 - dropout_p))
+    out = torch.matmul(p, vc)
+    return in_layout(out.to(q.dtype), q), lse.to(_lse_dtype(q.dtype))
+
+
+def _in_compute_dtype(q, k, v):
+    # -> q, k, v in float32 (float64 for float64), k and v with q's head count
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    group = q.shape[1] // k.shape[1]
+    return q.to(ct), k.to(ct).repeat_interleave(group, 1), v.to(ct).repeat_interleave(group, 1)
+
+
+def _masked_scores(qc, kc, mask, scale, is_causal):
+    # q: [B, H, L, E], k: [B, H, S, E] -> the scaled, masked scores [B, H, L, S], a fresh buffer
+    L, S = qc.shape[2], kc.shape[2]
+    scores = torch.matmul(qc, kc.transpose(-2, -1)).mul_(scale)
+    if is_causal:
+        scores.masked_fill_(torch.ones(L, S, dtype=torch.bool, device=qc.device).triu_(1), float("-inf"))
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores.masked_fill_(~mask, float("-inf"))
+        else:
+            scores.add_(mask.to(scores.dtype))  # the op's mask broadcasts to the scores
+    return scores
+
+
+def _probabilities_in_place(scores, lse):
+    """scores -> softmax probabilities exp(s - lse), in place: 0 in a fully masked row (lse -inf), NaN
+    throughout a row with a +inf score (inf - inf), as SDPA's; exp(s - inf) would leave 0s there."""
+    scores.sub_(torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)[..., None]).exp_()
+    return scores.masked_fill_(torch.isposinf(lse)[..., None], float("nan"))
 
 
 def _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_causal, dropout_p):
@@ -99,39 +146,28 @@ def _reference_backward(dout, dlse, q, k, v, mask, seed, out, lse, scale, is_cau
 def reference_grads(dout, dlse, q, k, v, mask, keep, out, lse, scale, is_causal, dropout_p):
     """Explicit flash-attention backward formulas in float32 (float64 for float64), probabilities recomputed;
     keep: the [B, H, L, S] dropout keep-mask (None without dropout) -> (dq, dk, dv, dS)."""
-    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    L = q.shape[2]
-    Hkv, S = k.shape[1], k.shape[2]
+    # In place on the [B, H, L, S] products wherever the value is not read again: at most three of them live at
+    # once (p, dp and one product for dv), where out-of-place steps held about seven (2x SDPA's peak).
+    Hkv = k.shape[1]
     group = q.shape[1] // Hkv
-    qc, doc = q.to(ct), dout.to(ct)
-    kc, vc = k.to(ct).repeat_interleave(group, 1), v.to(ct).repeat_interleave(group, 1)
-    scores = (qc @ kc.transpose(-2, -1)) * scale
-    if is_causal:
-        causal = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask.to(ct)
-    lse_c = lse.to(ct)
-    p = torch.exp(scores - torch.where(torch.isneginf(lse_c), torch.zeros_like(lse_c), lse_c)[..., None])
-    # A +inf score makes its row's softmax NaN throughout (inf - inf), as SDPA's; exp(s - inf) would leave 0s.
-    p = p.masked_fill(torch.isposinf(lse_c)[..., None], float("nan"))
-    dp = doc @ vc.transpose(-2, -1)
+    qc, kc, vc = _in_compute_dtype(q, k, v)
+    doc = dout.to(qc.dtype)
+    p = _probabilities_in_place(_masked_scores(qc, kc, mask, scale, is_causal), lse.to(qc.dtype))
+    dp = torch.matmul(doc, vc.transpose(-2, -1))
     if dropout_p > 0:
-        keep = keep.to(ct)
         drop_scale = 0.0 if dropout_p >= 1 else 1.0 / (1.0 - dropout_p)
-        p_dropped, dp = p * keep * drop_scale, dp * keep * drop_scale
+        dv = (p * keep).mul_(drop_scale).transpose(-2, -1) @ doc
+        dp.mul_(keep).mul_(drop_scale)
     else:
-        p_dropped = p
-    delta = (doc * out.to(ct)).sum(-1)
+        dv = p.transpose(-2, -1) @ doc
+    dv = dv.unflatten(1, (Hkv, group)).sum(2)
+    delta = (doc * out.to(qc.dtype)).sum(-1)
     if dlse is not None:
-        delta = delta - dlse.to(ct)
-    ds = p * (dp - delta[..., None])
+        delta = delta - dlse.to(qc.dtype)
+    ds = dp.sub_(delta[..., None]).mul_(p)
+    del p
     dq = (ds @ kc) * scale
     dk = ((ds.transpose(-2, -1) @ qc) * scale).unflatten(1, (Hkv, group)).sum(2)
-    dv = (p_dropped.transpose(-2, -1) @ doc).unflatten(1, (Hkv, group)).sum(2)
     return (in_layout(dq.to(q.dtype), q), in_layout(dk.to(k.dtype), k), in_layout(dv.to(v.dtype), v),
             ds.to(_lse_dtype(q.dtype)))
 

@@ -74,7 +74,7 @@ def attention_with_lse(
     weights = weights / torch.where(denom == 0, torch.ones_like(denom), denom)
 
     if dropout_mask is not None:
-        kept = weights * dropout_mask.to(weights.dtype)
+        kept = weights * dropout_mask  # a bool factor: no float copy of the [..., L, S] mask
         weights = kept / (1.0 - dropout_p) if dropout_p < 1.0 else kept * 0
     elif dropout_p > 0.0:
         weights = torch.nn.functional.dropout(weights, p=dropout_p, training=True)
