@@ -290,3 +290,4 @@ def test_hidden_size_zero_gives_empty_states_like_torch(kind, batched):
         assert a.shape == b.shape and a.requires_grad
     sum(s.sum() for s in got).backward()
     torch.testing.assert_close(x.grad, torch.zeros_like(x))
+

@@ -6,7 +6,7 @@ and unbatched (1-D) input handling.
 """
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 # The fused cell ops are looked up on seqops at call time: seqops/__init__ imports this module first.
 import seqops
@@ -36,7 +36,7 @@ def _run_cell(op, cell, input, hx):
 class LSTMCell(AdoptsSharedBackwardHooks, nn.LSTMCell):
     """``torch.nn.LSTMCell`` computed by ``seqops.lstm_cell``; input ``[B, I]`` or ``[I]``."""
 
-    def forward(self, input, hx=None):
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         _check_dims("LSTMCell", "input", input)
         if hx is not None:
             for idx, state in enumerate(hx):
@@ -61,7 +61,7 @@ class _SingleStateCell(AdoptsSharedBackwardHooks):
     def _cell_op(self):
         raise NotImplementedError
 
-    def forward(self, input, hx=None):
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         name = type(self).__name__
         _check_dims(name, "input", input)
         if hx is not None:

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from seqops.nn._shared_hooks import AdoptsSharedBackwardHooks
 from seqops.ops.attention import attention
@@ -85,8 +85,9 @@ class MultiheadAttention(AdoptsSharedBackwardHooks, nn.MultiheadAttention):
     torch's result and weights; pass ``need_weights=False`` for the fused path.
     """
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
         if need_weights or any(t.is_nested for t in (query, key, value)):
             # The weights are the L x S matrix the fused kernel never forms; nested tensors take torch's
             # fast path (or its error).
