@@ -74,6 +74,12 @@ def _differentiated_outside_autograd(args):
     return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
 
 
+def _run_twin(op, args):
+    device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+    with ops_own_precision(device):
+        return _DIFFERENTIABLE[getattr(op, "default", op)](*args)
+
+
 def call_op(op, *args):
     """op(*args), the way that costs least per call where it makes no difference to the result:
 
@@ -84,15 +90,18 @@ def call_op(op, *args):
     - under torch.compile, torch.jit.trace or vmap: the op itself, so the tracer and the transforms see the
       registered custom op and its autograd (a trace of the Function would hold a Python op that
       torch.jit.save cannot export);
-    - under forward-mode AD or a torch.func grad/jvp transform: the op's pure-PyTorch twin, with autocast off
-      as the op runs; the same numbers, at the reference's speed.
+    - under forward-mode AD or a torch.func grad/jvp transform (any transform inside a compiled region, whose
+      transform stack Dynamo cannot read): the op's pure-PyTorch twin, with autocast off as the op runs; the
+      same numbers, at the reference's speed.
     """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if torch.jit.is_tracing():
         return op(*args)
+    if torch.compiler.is_compiling():
+        # Dynamo cannot read the transform stack; under a transform inside a compiled region the twin serves
+        # whichever transform it is (torch.compile of torch.func.grad: the op's autograd cannot)
+        return _run_twin(op, args) if torch._C._are_functorch_transforms_active() else op(*args)
     if _differentiated_outside_autograd(args):
-        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
-        with ops_own_precision(device):
-            return _DIFFERENTIABLE[getattr(op, "default", op)](*args)
+        return _run_twin(op, args)
     if torch._C._are_functorch_transforms_active():
         return op(*args)
     if torch.is_grad_enabled() and _needs_graph(args):
