@@ -107,6 +107,15 @@ def test_cpu_packed_step_kernels_float32(mode, reverse, packed, H, B, T):
     assert_matches_reference(mode, args, reverse)
 
 
+@pytest.mark.parametrize("mode,proj", [(mode, 0) for mode in MODES] + [("LSTM", 16)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_one_step_float32_at_packed_step_sizes(mode, proj, reverse):
+    # T = 1 (token-by-token decoding): the step products take at::mm, one product cannot repay a weight repack;
+    # the recurrent weight gradient is the one init term (no shifted rows)
+    args = make_layer(mode, T=1, B=4, I=5, H=64, proj=proj, dtype=torch.float32)
+    assert_matches_reference(mode, args, reverse)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
 def test_cpu_packed_lstm_step_with_projection_float32(reverse, packed):

@@ -94,7 +94,7 @@ Tensor6 lstm_layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
   Tensor output = at::empty({N, hx.size(1)}, input.options());
   Tensor cells = at::empty({N, H}, input.options());
   Tensor proj_in = at::empty({proj ? N : 0, H}, input.options());
-  const StepGemm recurrent(w_hh, a.layout.batch, /*lstm_gates=*/true);
+  const StepGemm recurrent(w_hh, a.layout.batch, a.layout.size(), /*lstm_gates=*/true);
   const PackedStep* fused = recurrent.packed_lstm();
   if (fused != nullptr && !proj && a.layout.uniform && N > 0) {  // the whole sequence in one parallel region
     fused->lstm_sequence(gates, hx, cx, output, cells, reverse);
@@ -103,8 +103,8 @@ Tensor6 lstm_layer_forward(const Tensor& input, const OptTensor& batch_sizes, co
             gates, cells, proj_in};
   }
   CarriedState h(hx), c(cx);
-  const std::optional<StepGemm> projection = proj ? std::make_optional<StepGemm>(*w_hr, a.layout.batch)
-                                                  : std::nullopt;
+  const std::optional<StepGemm> projection =
+      proj ? std::make_optional<StepGemm>(*w_hr, a.layout.batch, a.layout.size()) : std::nullopt;
   for (size_t i = 0; i < a.layout.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
     Tensor h_out = rows(output, s), c_new = rows(cells, s);
@@ -153,9 +153,9 @@ Tensor7 lstm_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, c
   Tensor dc = grad_c_n.contiguous().clone();  // updated in place, step by step
   Tensor grad_h_all = at::empty({proj ? N : 0, P}, input.options());  // dL/dh per step, for grad_w_hr
   // Transposed weights: dh = dgates @ W_hh is the step product with W_hh^T; dr = dh @ W_hr likewise.
-  const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
+  const StepGemm recurrent_t(w_hh.t(), a.layout.batch, a.layout.size());
   const std::optional<StepGemm> projection_t =
-      proj ? std::make_optional<StepGemm>(w_hr->t(), a.layout.batch) : std::nullopt;
+      proj ? std::make_optional<StepGemm>(w_hr->t(), a.layout.batch, a.layout.size()) : std::nullopt;
   Tensor grad_hx;
   const PackedStep* packed = recurrent_t.packed_plain();
   if (packed != nullptr && !proj && a.layout.uniform && N > 0) {  // the whole recurrence in one parallel region
@@ -197,7 +197,7 @@ Tensor4 gru_layer_forward(const Tensor& input, const OptTensor& batch_sizes, con
   Tensor output = at::empty({N, H}, input.options());
   Tensor hn = at::empty({N, H}, input.options());
   CarriedState h(hx);
-  const StepGemm recurrent(w_hh, a.layout.batch);
+  const StepGemm recurrent(w_hh, a.layout.batch, a.layout.size());
   for (size_t i = 0; i < a.layout.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
     const Tensor h_prev = h.enter(s.batch), h_out = rows(output, s);
@@ -227,7 +227,7 @@ Tensor6 gru_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
   Tensor grad_gx = at::empty({N, 3 * H}, input.options());
   Tensor grad_gh = at::empty({N, 3 * H}, input.options());
   Tensor dh = grad_h_n.contiguous().clone();
-  const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
+  const StepGemm recurrent_t(w_hh.t(), a.layout.batch, a.layout.size());
   for (size_t i = a.layout.size(); i-- > 0;) {
     const Step s = a.layout.at(i, reverse);
     Tensor dh_s = active(dh, s), dgh = rows(grad_gh, s);
@@ -249,7 +249,7 @@ Tensor2 rnn_layer_forward(const Tensor& input, const OptTensor& batch_sizes, con
   c10::OptionalDeviceGuard guard(input.device());
   Tensor output = project(a.input2d, w_ih, b_ih, b_hh);  // activated in place, step by step
   CarriedState h(hx);
-  const StepGemm recurrent(w_hh, a.layout.batch);
+  const StepGemm recurrent(w_hh, a.layout.batch, a.layout.size());
   for (size_t i = 0; i < a.layout.size(); ++i) {
     const Step s = a.layout.at(i, reverse);
     const Tensor pre = rows(output, s);
@@ -272,7 +272,7 @@ Tensor5 rnn_layer_backward(const Tensor& grad_output, const Tensor& grad_h_n, co
   const Tensor out2d = flat_rows(op, output, input, a.layout, H, "output");
   Tensor grad_pre = at::empty({N, H}, input.options());
   CarriedState dh(grad_h_n);
-  const StepGemm recurrent_t(w_hh.t(), a.layout.batch);
+  const StepGemm recurrent_t(w_hh.t(), a.layout.batch, a.layout.size());
   for (size_t i = a.layout.size(); i-- > 0;) {
     const Step s = a.layout.at(i, reverse);
     const Tensor dp = rows(grad_pre, s);

@@ -141,6 +141,7 @@ inline Tensor recurrent_weight_grad(const TimeLayout& layout, const Tensor& grad
                                    const Tensor& init, bool reverse) {
   const int64_t N = layout.rows, B = layout.batch;
   if (!layout.uniform || N == 0) return weight_grad(grad_gates, gather_previous(layout, all, init, reverse));
+  if (N == B) return weight_grad(grad_gates, init);  // one step: no shifted rows (a zero-row product zero-fills)
   const int64_t first_of_init = reverse ? N - B : 0;  // the rows whose previous state is init
   const int64_t shifted = reverse ? 0 : B;            // the rows whose previous state is in all
   Tensor grad = weight_grad(grad_gates.narrow(0, shifted, N - B), all.narrow(0, B - shifted, N - B));
