@@ -118,6 +118,17 @@ BAD_INPUTS = [
 ]
 
 
+def test_dropout_p_takes_what_sdpa_takes():
+    # a bool (`dropout_p=self.training and p` in eval mode) and numpy numbers, as SDPA's binding takes them
+    import numpy as np
+
+    q, k, v = make_qkv((2, 4, 9, 16), (2, 4, 11, 16), (2, 4, 11, 16), requires_grad=False)
+    want = attention(q, k, v)
+    for dropout_p in (False, 0, np.float32(0.0), np.float64(0.0)):
+        torch.testing.assert_close(attention(q, k, v, dropout_p=dropout_p), want)
+        torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), want)
+
+
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
 def test_bad_inputs_raise_clear_errors(case):
     _, call, error, message = case

@@ -290,4 +290,8 @@ def test_hidden_size_zero_gives_empty_states_like_torch(kind, batched):
         assert a.shape == b.shape and a.requires_grad
     sum(s.sum() for s in got).backward()
     torch.testing.assert_close(x.grad, torch.zeros_like(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the result dtypes of torch.nn's cells too
+        want, got = theirs(x), ours(x)
+    want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+    assert [t.dtype for t in got] == [t.dtype for t in want]
 

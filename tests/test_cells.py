@@ -414,3 +414,14 @@ def test_functional_cells_follow_autocast(kind, state_dtype):
     for ours, their, exp in zip(outs, theirs, expected):
         assert ours.dtype == their.dtype == dtype
         torch.testing.assert_close(ours, exp)
+
+
+@pytest.mark.parametrize("name", ["lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell"])
+def test_hidden_size_zero_gives_empty_states_like_torch(name):
+    x = torch.randn(3, 4, requires_grad=True)
+    h = torch.zeros(3, 0)
+    hx = (h, h) if name == "lstm_cell" else h
+    weights = (torch.zeros(0, 4), torch.zeros(0, 0), torch.zeros(0), torch.zeros(0))  # G * 0 gate rows
+    got, want = getattr(seqops, name)(x, hx, *weights), getattr(torch, name)(x, hx, *weights)
+    got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+    assert [t.shape for t in got] == [t.shape for t in want]

@@ -27,9 +27,6 @@ def _zeros_state(cell, input):
 
 def _run_cell(op, cell, input, hx):
     """``op(input, hx, w_ih, w_hh, b_ih, b_hh)``; the functional ops handle autocast themselves (with_autocast)."""
-    if cell.hidden_size == 0:
-        # torch.nn's cells return empty [B, 0] states; the fused ops refuse gates of width 0
-        op = getattr(seqops.reference, op.__name__)
     return op(input, hx, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
 
 

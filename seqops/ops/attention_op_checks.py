@@ -18,8 +18,9 @@ def check_flag_types(op, dropout_p, is_causal, enable_gqa):
     for name, flag in (("is_causal", is_causal), ("enable_gqa", enable_gqa)):
         if not isinstance(flag, bool):
             raise TypeError(f"{op}: argument '{name}' must be bool, not {_type_name(flag)}")
-    is_number = isinstance(dropout_p, numbers.Real) and not isinstance(dropout_p, bool)
-    if not (is_number or (isinstance(dropout_p, torch.Tensor) and dropout_p.numel() == 1)):
+    # A Python or numpy number, bools included (`dropout_p=self.training and p`); a 0-d tensor as well, which
+    # SDPA's binding refuses but earlier seqops took
+    if not (isinstance(dropout_p, numbers.Real) or (isinstance(dropout_p, torch.Tensor) and dropout_p.dim() == 0)):
         raise TypeError(f"{op}: argument 'dropout_p' must be float, not {_type_name(dropout_p)}")
 
 

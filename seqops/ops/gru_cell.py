@@ -62,6 +62,8 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     (input, hx), unbatched = batch_cell_args(input, (hx,))
     if onnx_export.exporting():
         h1 = onnx_export.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    elif w_hh.shape[0] == 0:  # hidden size 0: an empty state, as torch's (the fused kernels take no empty gates)
+        (h1,) = _reference_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     else:
         h1, _, _ = call_op(_ops.gru_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh)
     return h1.squeeze(0) if unbatched else h1

@@ -73,6 +73,8 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     (input, h, c), unbatched = batch_cell_args(input, (h, c))
     if onnx_export.exporting():
         h1, c1 = onnx_export.lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    elif w_hh.shape[0] == 0:  # hidden size 0: empty states, as torch's (the fused kernels take no empty gates)
+        h1, c1 = _reference_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
     else:
         h1, c1, _ = call_op(_ops.lstm_cell_forward, input, h, c, w_ih, w_hh, b_ih, b_hh)
     if unbatched:

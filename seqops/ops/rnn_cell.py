@@ -57,6 +57,8 @@ def _rnn_cell(name, relu, input, hx, w_ih, w_hh, b_ih, b_hh):
     (input, hx), unbatched = batch_cell_args(input, (hx,))
     if onnx_export.exporting():
         h1 = onnx_export.rnn_cell(relu, input, hx, w_ih, w_hh, b_ih, b_hh)
+    elif w_hh.shape[0] == 0:  # hidden size 0: an empty state, as torch's (the fused kernels take no empty gates)
+        h1 = _reference_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu)
     else:
         h1 = call_op(_ops.rnn_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh, relu)
     return h1.squeeze(0) if unbatched else h1
