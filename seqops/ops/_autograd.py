@@ -56,7 +56,7 @@ def _has_tangent(args):
     return any(isinstance(a, torch.Tensor) and unpack(a).tangent is not None for a in args)
 
 
-def _differentiated_outside_autograd(args):
+def _differentiated_outside_autograd(args, transforms_active):
     """Whether the call is differentiated by something the ops' registered autograd cannot serve:
 
     - forward-mode AD (dual tensors): the ops have no jvp formula, and a dual input that does not require grad
@@ -66,7 +66,7 @@ def _differentiated_outside_autograd(args):
     vmap alone is served: it runs the op per sample."""
     if torch.autograd.forward_ad._current_level >= 0 and _has_tangent(args):
         return True
-    if not torch._C._are_functorch_transforms_active():
+    if not transforms_active:
         return False
     from torch._C._functorch import TransformType
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
@@ -74,7 +74,8 @@ def _differentiated_outside_autograd(args):
     return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
 
 
-def _run_twin(op, args):
+def run_twin(op, *args):
+    """The op's registered pure-PyTorch twin on the op's arguments, with autocast off as the op runs."""
     device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
     with ops_own_precision(device):
         return _DIFFERENTIABLE[getattr(op, "default", op)](*args)
@@ -96,13 +97,14 @@ def call_op(op, *args):
     """
     if torch.jit.is_tracing():
         return op(*args)
+    transforms_active = torch._C._are_functorch_transforms_active()
     if torch.compiler.is_compiling():
         # Dynamo cannot read the transform stack; under a transform inside a compiled region the twin serves
         # whichever transform it is (torch.compile of torch.func.grad: the op's autograd cannot)
-        return _run_twin(op, args) if torch._C._are_functorch_transforms_active() else op(*args)
-    if _differentiated_outside_autograd(args):
-        return _run_twin(op, args)
-    if torch._C._are_functorch_transforms_active():
+        return run_twin(op, *args) if transforms_active else op(*args)
+    if _differentiated_outside_autograd(args, transforms_active):
+        return run_twin(op, *args)
+    if transforms_active:
         return op(*args)
     if torch.is_grad_enabled() and _needs_graph(args):
         return _EagerAutograd.apply(getattr(op, "default", op), *args)

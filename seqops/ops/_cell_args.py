@@ -2,6 +2,14 @@
 
 import torch
 
+from seqops.ops._autograd import call_op, run_twin
+
+
+def call_cell_op(op, hidden_size, *args):
+    """call_op(op, *args), or with a hidden size of 0 the op's pure-PyTorch twin: torch's cells return empty
+    states there, and the fused kernels take no empty gates."""
+    return run_twin(op, *args) if hidden_size == 0 else call_op(op, *args)
+
 
 def check_cell_args(name, input, states):
     # Error types as torch's functional cells raise them (RuntimeError from their kernels), with seqops' text.

@@ -60,6 +60,9 @@ def _draw_seed(device):
     return torch.randint(0, 2**62, (1,), device=device, dtype=torch.int64)
 
 
+_MASK_BLOCK_ELEMENTS = 1 << 22  # the CPU keep-mask's float draws per block
+
+
 def attention_dropout_mask(seed, B, H, L, S, dropout_p):
     """The boolean keep-mask [B, H, L, S] that the attention op with this seed uses (True = kept and scaled by
     1 / (1 - p)). Drawn by the same philox stream as the kernels, or by a CPU generator seeded with ``seed``
@@ -80,9 +83,6 @@ def attention_dropout_mask(seed, B, H, L, S, dropout_p):
         part = rows[start:start + block]
         torch.ge(torch.rand(part.shape, generator=gen), dropout_p, out=part)
     return keep.to(seed.device)
-
-
-_MASK_BLOCK_ELEMENTS = 1 << 22
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -110,8 +110,8 @@ def _reference_forward(q, k, v, mask, seed, scale, is_causal, dropout_p):
 
 
 def _in_compute_dtype(q, k, v):
-    # -> q, k, v in float32 (float64 for float64), k and v with q's head count
-    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    # -> q, k, v in float32 (float64 for float64: the lse's dtype), k and v with q's head count
+    ct = _lse_dtype(q.dtype)
     group = q.shape[1] // k.shape[1]
     return q.to(ct), k.to(ct).repeat_interleave(group, 1), v.to(ct).repeat_interleave(group, 1)
 

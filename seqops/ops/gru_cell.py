@@ -5,8 +5,8 @@ import torch
 from seqops import reference
 from seqops.nn._autocast import with_autocast
 from seqops.ops import onnx_export
-from seqops.ops._autograd import call_op, double_backward_through, register_autograd, workspace_outputs, zeros_if_none
-from seqops.ops._cell_args import batch_cell_args, check_cell_args
+from seqops.ops._autograd import double_backward_through, register_autograd, workspace_outputs, zeros_if_none
+from seqops.ops._cell_args import batch_cell_args, call_cell_op, check_cell_args
 from seqops.ops.fake_devices import contiguous_like, on_one_device
 
 _ops = torch.ops.seqops
@@ -62,8 +62,6 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     (input, hx), unbatched = batch_cell_args(input, (hx,))
     if onnx_export.exporting():
         h1 = onnx_export.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
-    elif w_hh.shape[0] == 0:  # hidden size 0: an empty state, as torch's (the fused kernels take no empty gates)
-        (h1,) = _reference_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     else:
-        h1, _, _ = call_op(_ops.gru_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh)
+        h1, _, _ = call_cell_op(_ops.gru_cell_forward, w_hh.shape[-1], input, hx, w_ih, w_hh, b_ih, b_hh)
     return h1.squeeze(0) if unbatched else h1

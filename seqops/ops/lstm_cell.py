@@ -7,13 +7,12 @@ from seqops.nn._autocast import with_autocast
 from seqops.ops import onnx_export
 from seqops.ops._autograd import (
     bias_grads,
-    call_op,
     double_backward_through,
     register_autograd,
     workspace_outputs,
     zeros_if_none,
 )
-from seqops.ops._cell_args import batch_cell_args, check_cell_args, lstm_states
+from seqops.ops._cell_args import batch_cell_args, call_cell_op, check_cell_args, lstm_states
 from seqops.ops.fake_devices import contiguous_like, on_one_device
 
 _ops = torch.ops.seqops
@@ -73,10 +72,8 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     (input, h, c), unbatched = batch_cell_args(input, (h, c))
     if onnx_export.exporting():
         h1, c1 = onnx_export.lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
-    elif w_hh.shape[0] == 0:  # hidden size 0: empty states, as torch's (the fused kernels take no empty gates)
-        h1, c1 = _reference_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
     else:
-        h1, c1, _ = call_op(_ops.lstm_cell_forward, input, h, c, w_ih, w_hh, b_ih, b_hh)
+        h1, c1, _ = call_cell_op(_ops.lstm_cell_forward, w_hh.shape[-1], input, h, c, w_ih, w_hh, b_ih, b_hh)
     if unbatched:
         return h1.squeeze(0), c1.squeeze(0)
     return h1, c1

@@ -5,8 +5,8 @@ import torch
 from seqops import reference
 from seqops.nn._autocast import with_autocast
 from seqops.ops import onnx_export
-from seqops.ops._autograd import bias_grads, call_op, double_backward_through, register_autograd
-from seqops.ops._cell_args import batch_cell_args, check_cell_args
+from seqops.ops._autograd import bias_grads, double_backward_through, register_autograd
+from seqops.ops._cell_args import batch_cell_args, call_cell_op, check_cell_args
 from seqops.ops.fake_devices import contiguous_like, on_one_device
 
 _ops = torch.ops.seqops
@@ -32,21 +32,20 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, output)
 
 
+def _reference_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu):
+    cell = reference.rnn_relu_cell if relu else reference.rnn_tanh_cell
+    return cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
 def _backward(ctx, grad_h1):
     input, hx, w_ih, w_hh, b_ih, b_hh, h1 = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-        cell = reference.rnn_relu_cell if ctx.relu else reference.rnn_tanh_cell
-        grads = double_backward_through(lambda *args: (cell(*args),), (input, hx, w_ih, w_hh, b_ih, b_hh),
-                                        (grad_h1,))
+        grads = double_backward_through(lambda *args: (_reference_cell(*args, ctx.relu),),
+                                        (input, hx, w_ih, w_hh, b_ih, b_hh), (grad_h1,))
         return (*grads, None)
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = _ops.rnn_cell_backward(
         grad_h1, input, hx, w_ih, w_hh, h1, ctx.relu)
     return (grad_input, grad_hx, grad_w_ih, grad_w_hh, *bias_grads(grad_bias, b_ih, b_hh), None)
-
-
-def _reference_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu):
-    cell = reference.rnn_relu_cell if relu else reference.rnn_tanh_cell
-    return cell(input, hx, w_ih, w_hh, b_ih, b_hh)
 
 
 register_autograd("rnn_cell_forward", _backward, setup_context=_setup_context, differentiable=_reference_cell)
@@ -57,10 +56,8 @@ def _rnn_cell(name, relu, input, hx, w_ih, w_hh, b_ih, b_hh):
     (input, hx), unbatched = batch_cell_args(input, (hx,))
     if onnx_export.exporting():
         h1 = onnx_export.rnn_cell(relu, input, hx, w_ih, w_hh, b_ih, b_hh)
-    elif w_hh.shape[0] == 0:  # hidden size 0: an empty state, as torch's (the fused kernels take no empty gates)
-        h1 = _reference_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu)
     else:
-        h1 = call_op(_ops.rnn_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh, relu)
+        h1 = call_cell_op(_ops.rnn_cell_forward, w_hh.shape[-1], input, hx, w_ih, w_hh, b_ih, b_hh, relu)
     return h1.squeeze(0) if unbatched else h1
 
 
