@@ -180,6 +180,9 @@ def cpu_cases():
         cases += rnn_cases(("lstm",), B, 64, 256, ("fwd",), ("fp32",), sweep="batch")
     for H in (64, 128, 256, 512):
         cases += rnn_cases(("lstm",), 16, 64, H, ("fwd",), ("fp32",), sweep="hidden")
+    # Hidden sizes off the SIMD panels' width (64 floats with AVX-512): their weights fill a padded last panel.
+    for H in (20, 100):
+        cases += rnn_cases(("lstm", "gru"), 4, 100, H, ("fwdbwd",), ("fp32",))
     # From L = 32, where a fixed per-call cost (Python around the kernel) shows most.
     for L in (32, 64, 128, 256, 512, 1024):
         cases += attn_cases(2, 4, L, 64, ("fwd", "bwd"), ("fp32",), sweep="seqlen")

@@ -92,16 +92,17 @@ def test_odd_sizes_float32(device, mode, shape):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("H", [16, 48, 64, 272])
+@pytest.mark.parametrize("H", [1, 16, 20, 48, 64, 100, 272])
 @pytest.mark.parametrize("B,T", [(1, 9), (7, 5), (12, 2), (13, 3)])
 def test_cpu_packed_step_kernels_float32(mode, reverse, packed, H, B, T):
-    """The CPU float32 step kernels on packed weight panels (csrc/cpu/packed_step.cpp) take weights whose gate
-    rows are a multiple of 4 SIMD vectors (64 floats with AVX-512, 32 with AVX2); the other tests' sizes are
-    below that. These sizes reach them: the LSTM's fused step (H % vector == 0), its whole-sequence forward and
-    backward (unpacked input), per-step use for packed input, the plain product with and without bias (GRU,
-    RNN), and a fallback beside (H = 48: backward weight 48 wide). Rows split evenly over tiles of at most 6:
-    1, 4 + 3, 6 + 6, 5 + 4 + 4. H = 272 takes the recurrent products over several K blocks (256 or 128 wide)
-    in the forward as well as the backward (K = 4H)."""
+    """The CPU float32 step kernels on packed weight panels (csrc/cpu/packed_step.cpp): the LSTM's fused step,
+    its whole-sequence forward and backward (unpacked input), per-step use for packed input, the plain product
+    with and without bias (GRU, RNN). A panel is 4 SIMD vectors wide (64 floats with AVX-512, 32 with AVX2);
+    weights that do not fill their last panel are padded, and only the real lanes are stored: H = 1, 20 and 100
+    leave a vector partly or wholly past the last row (H = 20: the backward's W_hh^T panel has 16 + 4 + 0 + 0
+    real lanes), which a stray store would write into the next gate or row. Rows split evenly over tiles of at
+    most 6: 1, 4 + 3, 6 + 6, 5 + 4 + 4. H = 100 and 272 take the recurrent products over several K blocks (128
+    wide), whose partial sums go through the output, in the forward as well as the backward (K = 4H)."""
     lengths = sorted([T, max(1, T - 2), 1] + [T] * (B - 3), reverse=True)[:B] if packed else None
     args = make_layer(mode, T=T, B=B, I=5, H=H, dtype=torch.float32, lengths=lengths)
     assert_matches_reference(mode, args, reverse)
@@ -126,13 +127,15 @@ def test_cpu_packed_lstm_step_with_projection_float32(reverse, packed):
 
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_cpu_packed_step_kernels_any_thread_count(threads, mode):
+@pytest.mark.parametrize("H", [64, 100])
+def test_cpu_packed_step_kernels_any_thread_count(threads, mode, H):
     # The whole-sequence kernels split panels over one OpenMP team with a barrier per step: one thread, and
-    # more threads than the panels divide evenly over (some get none), must give the same results.
+    # more threads than the panels divide evenly over (some get none), must give the same results; H = 100
+    # also splits a padded last panel and a partial last unit block.
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        args = make_layer(mode, T=5, B=7, I=5, H=64, dtype=torch.float32)
+        args = make_layer(mode, T=5, B=7, I=5, H=H, dtype=torch.float32)
         for reverse in (False, True):
             assert_matches_reference(mode, args, reverse)
     finally:
@@ -140,8 +143,9 @@ def test_cpu_packed_step_kernels_any_thread_count(threads, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_cpu_packed_step_kernels_propagate_nan_and_inf(mode):
-    args = make_layer(mode, T=4, B=3, I=5, H=64, dtype=torch.float32)
+@pytest.mark.parametrize("H", [20, 64])
+def test_cpu_packed_step_kernels_propagate_nan_and_inf(mode, H):
+    args = make_layer(mode, T=4, B=3, I=5, H=H, dtype=torch.float32)
     args["input"][1, 0, 2], args["input"][2, 2, 0], args["hx"][1, 5] = float("nan"), float("inf"), float("-inf")
     ours = rnn_layer(mode, reverse=False, **args)
     theirs = reference.rnn_layer(mode, reverse=False, **args)

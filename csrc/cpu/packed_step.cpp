@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -31,37 +32,73 @@ constexpr int kVecs = 4;  // vectors per panel: 4 x W output columns (one unit b
 constexpr int kTileVecs = kW >= 16 ? 4 : 2;
 constexpr int kRows = 6;
 static_assert(kTileVecs == kVecs || 2 * kTileVecs == kVecs, "a panel is one tile wide or two");
-constexpr int64_t kKBlock = kTileVecs == 4 ? 256 : 128;  // K per block: the weight chunk and rows stay in L1
+// K per block: the weight chunk and rows stay in L1, and a block's sum is one chain of at most kKBlock FMAs,
+// added to the earlier blocks' sum after it (blocked summation). One chain over all of K = 256, as at first,
+// put an LSTM's output with proj_size 8 at 1.8-2.5x torch.nn's fp32 error (its [8, 256] projection; at::mm:
+// 1.0-1.35x; blocks of 128: 1.2-1.8x, 4 seeds). 128 ran as fast as 256; 64 was ~10% slower.
+constexpr int64_t kKBlock = 128;
 constexpr int64_t kMaxRows = 512;   // beyond, a step is a large GEMM: oneDNN's territory
 constexpr int64_t kTaskMacs = 1 << 15;  // multiply-adds per parallel task, so tiny steps stay on one thread
 
-// Where a panel's vectors land in the output: column of (panel j, vector v) = j * panel_step + v * vec_step.
-struct Layout {
-  int64_t panel_step, vec_step;
+// Panel j's vectors in the output: the column of vector v, and how many of its W lanes are real. A weight whose
+// rows do not fill the last panel is padded with zero rows; their lanes are computed but never loaded from or
+// stored to the output, whose rows hold only the real columns.
+struct PanelCols {
+  int64_t col[kVecs];
+  int width[kVecs];  // 0..W
 };
+
+// Where panels land: column of (panel j, vector v) = j * panel_step + v * vec_step. extent: the real columns
+// that the panels step through: H per gate with the LSTM gate packing (vector v of panel j is gate v's units
+// [jW, jW + W)), or all G of a plain packing.
+struct Layout {
+  int64_t panel_step, vec_step, extent;
+  bool gates;
+
+  static Layout lstm(int64_t H) { return {kW, H, H, true}; }
+  static Layout plain(int64_t G) { return {kVecs * kW, kW, G, false}; }
+
+  PanelCols at(int64_t j) const {
+    PanelCols p;
+    for (int v = 0; v < kVecs; ++v) {
+      p.col[v] = j * panel_step + v * vec_step;
+      const int64_t first = gates ? j * panel_step : p.col[v];  // the lane-0 position along extent
+      p.width[v] = static_cast<int>(std::clamp<int64_t>(extent - first, 0, kW));
+    }
+    return p;
+  }
+};
+
+// The first `width` lanes at p (the rest zero), and their store: a full vector where all are real.
+inline Vec load(const float* p, int width) {
+  if (width == kW) return Vec::loadu(p);
+  return width > 0 ? Vec::loadu(p, width) : Vec(0.0f);
+}
+inline void store(const Vec& x, float* p, int width) {
+  if (width == kW)
+    x.store(p);
+  else if (width > 0)
+    x.store(p, width);
+}
+
+Layout layout_of(int64_t G, bool lstm_gates) { return lstm_gates ? Layout::lstm(G / 4) : Layout::plain(G); }
 
 enum class Init { kZero, kBias, kOut };
 
 // Rows [r0, r0 + R) of out at panel j's columns of vectors [V0, V0 + kTileVecs) += a[r0.., k0:k0+kn] x
-// panel[k0:k0+kn]. The first K block starts from init, later ones from the partial sums left in out. The last
-// block of the panel's last vectors hands all 4 accumulators of each row to finish(r, acc) instead of storing
-// them, the earlier vectors' sums read back from out (where their own last block left them).
+// panel[k0:k0+kn]. Each K block sums from zero, then adds the init (first block) or the partial sums that the
+// earlier blocks left in out. The last block of the panel's last vectors hands all 4 accumulators of each row
+// to finish(r, acc) instead of storing them, the earlier vectors' sums read back from out (where their own
+// last block left them).
 template <int R, int V0, typename Finish>
 inline void tile(const float* panel, int64_t k0, int64_t kn, bool first, bool last, const float* a, int64_t lda,
-                 float* out, int64_t ldo, const int64_t (&cols)[kVecs], Init init, const float* bias,
-                 const Finish& finish) {
+                 float* out, int64_t ldo, const PanelCols& pc, Init init, const float* bias, const Finish& finish) {
   constexpr int NV = kTileVecs;
   Vec acc[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const int64_t col = cols[V0 + v];
-      if (!first || init == Init::kOut)
-        acc[r][v] = Vec::loadu(out + r * ldo + col);
-      else
-        acc[r][v] = init == Init::kBias ? Vec::loadu(bias + col) : Vec(0.0f);
-    }
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec(0.0f);
   const float* w = panel + (k0 * kVecs + V0) * kW;
   const float* ak = a + k0;
   for (int64_t k = 0; k < kn; ++k, w += kVecs * kW) {
@@ -75,12 +112,24 @@ inline void tile(const float* panel, int64_t k0, int64_t kn, bool first, bool la
       for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(x, wv[v], acc[r][v]);
     }
   }
+  // Blocked summation (see kKBlock): the block's sum joins the init or the earlier blocks' sum only now.
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const int64_t col = pc.col[V0 + v];
+      const int width = pc.width[V0 + v];
+      if (!first || init == Init::kOut)
+        acc[r][v] = acc[r][v] + load(out + r * ldo + col, width);
+      else if (init == Init::kBias)
+        acc[r][v] = acc[r][v] + load(bias + col, width);
+    }
   if (last && V0 + NV == kVecs) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       Vec all[kVecs];
 #pragma GCC unroll 4
-      for (int v = 0; v < V0; ++v) all[v] = Vec::loadu(out + r * ldo + cols[v]);
+      for (int v = 0; v < V0; ++v) all[v] = load(out + r * ldo + pc.col[v], pc.width[v]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) all[V0 + v] = acc[r][v];
       finish(r, all);
@@ -90,12 +139,12 @@ inline void tile(const float* panel, int64_t k0, int64_t kn, bool first, bool la
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v].store(out + r * ldo + cols[V0 + v]);
+    for (int v = 0; v < NV; ++v) store(acc[r][v], out + r * ldo + pc.col[V0 + v], pc.width[V0 + v]);
 }
 
 // One panel's vectors [V0, V0 + kTileVecs) over all K blocks and row tiles.
 template <int V0, typename MakeFinish>
-void panel_part(int64_t j, const float* panel, int64_t K, const int64_t (&cols)[kVecs], int64_t b, const float* a,
+void panel_part(int64_t j, const float* panel, int64_t K, const PanelCols& pc, int64_t b, const float* a,
                 int64_t lda, float* out, int64_t ldo, Init init, const float* bias, const MakeFinish& make_finish) {
   // Rows split evenly over the fewest tiles (16 = 6 + 5 + 5, not 6 + 6 + 4; 13 = 5 + 4 + 4, not 6 + 6 + 1): a
   // short tile has too few independent FMA chains to hide the FMA latency and takes a full tile's time.
@@ -107,31 +156,30 @@ void panel_part(int64_t j, const float* panel, int64_t K, const int64_t (&cols)[
     for (int64_t t = 0, r0 = 0; t < n_tiles; r0 += base + (t < longer), ++t) {
       const float* ar = a + r0 * lda;
       float* outr = out + r0 * ldo;
-      const auto finish = make_finish(r0, j, cols);
+      const auto finish = make_finish(r0, j, pc);
       switch (base + (t < longer)) {
-        case 6: tile<6, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
-        case 5: tile<5, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
-        case 4: tile<4, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
-        case 3: tile<3, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
-        case 2: tile<2, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
-        default: tile<1, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, cols, init, bias, finish); break;
+        case 6: tile<6, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, pc, init, bias, finish); break;
+        case 5: tile<5, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, pc, init, bias, finish); break;
+        case 4: tile<4, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, pc, init, bias, finish); break;
+        case 3: tile<3, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, pc, init, bias, finish); break;
+        case 2: tile<2, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, pc, init, bias, finish); break;
+        default: tile<1, V0>(panel, k0, kn, first, last, ar, lda, outr, ldo, pc, init, bias, finish); break;
       }
     }
   }
 }
 
 // Panels [j0, j1) of a: [b, K] (row stride lda) x panels -> out [b, G] (row stride ldo), on this thread.
-// make_finish(r0, j, cols) returns the last-block handler of the tile whose first row is r0 in panel j.
+// make_finish(r0, j, pc) returns the last-block handler of the tile whose first row is r0 in panel j.
 template <typename MakeFinish>
 void panel_range(int64_t j0, int64_t j1, const float* panels, int64_t K, Layout layout, int64_t b, const float* a,
                  int64_t lda, float* out, int64_t ldo, Init init, const float* bias, const MakeFinish& make_finish) {
   for (int64_t j = j0; j < j1; ++j) {
     const float* panel = panels + j * K * kVecs * kW;
-    int64_t cols[kVecs];
-    for (int v = 0; v < kVecs; ++v) cols[v] = j * layout.panel_step + v * layout.vec_step;
-    panel_part<0>(j, panel, K, cols, b, a, lda, out, ldo, init, bias, make_finish);
+    const PanelCols pc = layout.at(j);
+    panel_part<0>(j, panel, K, pc, b, a, lda, out, ldo, init, bias, make_finish);
     if constexpr (kTileVecs < kVecs)
-      panel_part<kTileVecs>(j, panel, K, cols, b, a, lda, out, ldo, init, bias, make_finish);
+      panel_part<kTileVecs>(j, panel, K, pc, b, a, lda, out, ldo, init, bias, make_finish);
   }
 }
 
@@ -152,7 +200,8 @@ void run_panels(const float* panels, int64_t n_panels, int64_t K, Layout layout,
   });
 }
 
-// The LSTM epilogue of panel j (units [jW, jW + W)) for rows from r0: gate activations, cell update.
+// The LSTM epilogue of panel j (units [jW, jW + W), fewer in a padded last panel) for rows from r0: gate
+// activations, cell update.
 struct LstmFinish {
   float* gates;
   const float* c_prev;
@@ -160,17 +209,18 @@ struct LstmFinish {
   float* h_new;
   int64_t ldg, ldcp, ldcn, ldh;
 
-  auto operator()(int64_t r0, int64_t j, const int64_t (&cols)[kVecs]) const {
+  auto operator()(int64_t r0, int64_t j, const PanelCols& pc) const {
     return [=, *this](int r, const Vec(&acc)[kVecs]) {
       const int64_t row = r0 + r, unit = j * kW;
-      const auto y = cpu::lstm_forward_math(acc[0], acc[1], acc[2], acc[3], Vec::loadu(c_prev + row * ldcp + unit));
+      const int width = pc.width[0];  // the same units of each gate
+      const auto y = cpu::lstm_forward_math(acc[0], acc[1], acc[2], acc[3], load(c_prev + row * ldcp + unit, width));
       float* gr = gates + row * ldg;
-      y.i.store(gr + cols[0]);
-      y.f.store(gr + cols[1]);
-      y.g.store(gr + cols[2]);
-      y.o.store(gr + cols[3]);
-      y.c.store(c_new + row * ldcn + unit);
-      y.h.store(h_new + row * ldh + unit);
+      store(y.i, gr + pc.col[0], width);
+      store(y.f, gr + pc.col[1], width);
+      store(y.g, gr + pc.col[2], width);
+      store(y.o, gr + pc.col[3], width);
+      store(y.c, c_new + row * ldcn + unit, width);
+      store(y.h, h_new + row * ldh + unit, width);
     };
   }
 };
@@ -189,34 +239,35 @@ bool PackedStep::supported(const Tensor& weight, int64_t rows, bool lstm_gates) 
   if (!enabled() || !weight.device().is_cpu() || weight.scalar_type() != at::kFloat || weight.dim() != 2 ||
       weight.numel() == 0 || rows > kMaxRows)
     return false;
-  const int64_t G = weight.size(0);
-  return lstm_gates ? G % (4 * kW) == 0 : G % (kVecs * kW) == 0;  // 4H with H % W == 0, or G % 4W == 0
+  return !lstm_gates || weight.size(0) % 4 == 0;
 }
 
-// weight [G, K] -> panels [G / 4W, K, 4, W]
+// weight [G, K] -> panels [ceil(G / 4W), K, 4, W] (LSTM gates: [ceil(H / W), K, 4, W]), padded with zero rows
 PackedStep::PackedStep(const Tensor& weight, bool lstm_gates)
     : G_(weight.size(0)), K_(weight.size(1)), lstm_gates_(lstm_gates) {
+  const Layout layout = layout_of(G_, lstm_gates);
+  const int64_t n_panels = (layout.extent + layout.panel_step - 1) / layout.panel_step, K = K_;
   const Tensor wt = weight.t();
-  if (!lstm_gates && wt.is_contiguous()) {  // a transposed view (the backward's W^T): one copy, rows contiguous
-    panels_ = wt.view({K_, G_ / (kVecs * kW), kVecs, kW}).permute({1, 0, 2, 3}).contiguous();
+  if (!lstm_gates && wt.is_contiguous() && G_ % (kVecs * kW) == 0) {  // the backward's W^T: one copy
+    panels_ = wt.view({K_, n_panels, kVecs, kW}).permute({1, 0, 2, 3}).contiguous();
     return;
   }
   // panels[j][k][v][w] = weight[j * panel_step + v * vec_step + w][k], a transpose of W-row blocks, copied in
   // 16-column tiles so reads and writes both stay in cache lines (a strided permute copy was 6-20x slower:
-  // 171 us vs ~30 us for a [1024, 256] weight).
+  // 171 us vs ~30 us for a [1024, 256] weight). Lanes past the real rows stay zero.
   const Tensor w = weight.contiguous();
-  panels_ = at::empty({G_ / (kVecs * kW), K_, kVecs, kW}, w.options());
-  const Layout layout = lstm_gates ? Layout{kW, G_ / 4} : Layout{kVecs * kW, kW};
+  const bool padded = layout.extent % layout.panel_step != 0;
+  panels_ = padded ? at::zeros({n_panels, K, kVecs, kW}, w.options()) : at::empty({n_panels, K, kVecs, kW}, w.options());
   const float* src = w.const_data_ptr<float>();
   float* dst = panels_.data_ptr<float>();
-  const int64_t n_panels = panels_.size(0), K = K_;
   at::parallel_for(0, n_panels * kVecs, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t j = blk / kVecs, v = blk % kVecs;
-      const float* rows = src + (j * layout.panel_step + v * layout.vec_step) * K;
+      const PanelCols pc = layout.at(j);
+      const float* rows = src + pc.col[v] * K;
       for (int64_t k0 = 0; k0 < K; k0 += 16) {
         const int64_t k1 = std::min(K, k0 + 16);
-        for (int64_t l = 0; l < kW; ++l)
+        for (int64_t l = 0; l < pc.width[v]; ++l)
           for (int64_t k = k0; k < k1; ++k) dst[((j * K + k) * kVecs + v) * kW + l] = rows[l * K + k];
       }
     }
@@ -231,14 +282,14 @@ Tensor PackedStep::operator()(const Tensor& h, const std::optional<Tensor>& bias
   Tensor out = at::empty({b, G_}, a.options());
   if (b == 0) return out;
   const Tensor bias_c = bias.has_value() ? bias->contiguous() : Tensor();
-  const Layout layout = lstm_gates_ ? Layout{kW, G_ / 4} : Layout{kVecs * kW, kW};
   float* o = out.data_ptr<float>();
   const int64_t ldo = G_;
-  run_panels(panels_.const_data_ptr<float>(), panels_.size(0), K_, layout, b, a.const_data_ptr<float>(), K_, o, ldo,
-             bias_c.defined() ? Init::kBias : Init::kZero, bias_c.defined() ? bias_c.const_data_ptr<float>() : nullptr,
-             [&](int64_t r0, int64_t, const int64_t(&cols)[kVecs]) {
+  run_panels(panels_.const_data_ptr<float>(), panels_.size(0), K_, layout_of(G_, lstm_gates_), b,
+             a.const_data_ptr<float>(), K_, o, ldo, bias_c.defined() ? Init::kBias : Init::kZero,
+             bias_c.defined() ? bias_c.const_data_ptr<float>() : nullptr,
+             [&](int64_t r0, int64_t, const PanelCols& pc) {
                return [=](int r, const Vec(&acc)[kVecs]) {
-                 for (int v = 0; v < kVecs; ++v) acc[v].store(o + (r0 + r) * ldo + cols[v]);
+                 for (int v = 0; v < kVecs; ++v) store(acc[v], o + (r0 + r) * ldo + pc.col[v], pc.width[v]);
                };
              });
   return out;
@@ -253,7 +304,7 @@ void PackedStep::lstm_step(const Tensor& gates, const Tensor& h_prev, const Tens
   const LstmFinish finish{gates.data_ptr<float>(), c_prev.const_data_ptr<float>(), c_new.data_ptr<float>(),
                           h_new.data_ptr<float>(),  gates.stride(0),                c_prev.stride(0),
                           c_new.stride(0),          h_new.stride(0)};
-  run_panels(panels_.const_data_ptr<float>(), panels_.size(0), K_, Layout{kW, G_ / 4}, b,
+  run_panels(panels_.const_data_ptr<float>(), panels_.size(0), K_, Layout::lstm(G_ / 4), b,
              h_prev.const_data_ptr<float>(), h_prev.stride(0), finish.gates, finish.ldg, Init::kOut, nullptr, finish);
 }
 
@@ -279,7 +330,7 @@ void PackedStep::lstm_sequence(const Tensor& gates, const Tensor& h0, const Tens
                               o + t * B * H,  G_,                                                      H,
                               H,              H};
       const float* h_prev = first ? h0c.const_data_ptr<float>() : o + prev * B * H;
-      panel_range(j0, j1, panels, K_, Layout{kW, H}, B, h_prev, K_, finish.gates, G_, Init::kOut, nullptr, finish);
+      panel_range(j0, j1, panels, K_, Layout::lstm(H), B, h_prev, K_, finish.gates, G_, Init::kOut, nullptr, finish);
       barrier();
     }
   };
@@ -317,7 +368,7 @@ void PackedStep::lstm_backward_sequence(const Tensor& gates, const Tensor& cells
   float* dcp = dc.data_ptr<float>();
   float* dg = grad_gates.data_ptr<float>();
   const float* panels = panels_.const_data_ptr<float>();
-  const int64_t n_panels = panels_.size(0), n_blocks = H / kW;
+  const int64_t n_panels = panels_.size(0), n_blocks = (H + kW - 1) / kW;  // the last block may be partial
   // Step t: the gate gradients of unit blocks [u0, u1) of every row; dh (from the later step) and dc in place.
   const auto pointwise = [&](int64_t t, int64_t prev, int64_t u0, int64_t u1) {
     for (int64_t r = 0; r < B; ++r) {
@@ -325,22 +376,22 @@ void PackedStep::lstm_backward_sequence(const Tensor& gates, const Tensor& cells
       const float* gr = g + row * 4 * H;
       float* dgr = dg + row * 4 * H;
       const float* cp = prev < 0 ? c0p + r * H : cl + (prev * B + r) * H;
-      for (int64_t u = u0 * kW; u < u1 * kW; u += kW) {
+      for (int64_t u = u0 * kW; u < std::min(H, u1 * kW); u += kW) {
+        const int w = static_cast<int>(std::min<int64_t>(kW, H - u));
         const auto d = cpu::lstm_backward_math(
-            Vec::loadu(gr + u), Vec::loadu(gr + H + u), Vec::loadu(gr + 2 * H + u), Vec::loadu(gr + 3 * H + u),
-            Vec::loadu(cp + u), Vec::loadu(cl + row * H + u),
-            Vec::loadu(dhp + r * H + u) + Vec::loadu(go + row * H + u), Vec::loadu(dcp + r * H + u));
-        d.d_i.store(dgr + u);
-        d.d_f.store(dgr + H + u);
-        d.d_g.store(dgr + 2 * H + u);
-        d.d_o.store(dgr + 3 * H + u);
-        d.d_c_prev.store(dcp + r * H + u);
+            load(gr + u, w), load(gr + H + u, w), load(gr + 2 * H + u, w), load(gr + 3 * H + u, w), load(cp + u, w),
+            load(cl + row * H + u, w), load(dhp + r * H + u, w) + load(go + row * H + u, w), load(dcp + r * H + u, w));
+        store(d.d_i, dgr + u, w);
+        store(d.d_f, dgr + H + u, w);
+        store(d.d_g, dgr + 2 * H + u, w);
+        store(d.d_o, dgr + 3 * H + u, w);
+        store(d.d_c_prev, dcp + r * H + u, w);
       }
     }
   };
-  const auto store = [&](int64_t r0, int64_t, const int64_t(&cols)[kVecs]) {
+  const auto store_dh = [&](int64_t r0, int64_t, const PanelCols& pc) {
     return [=](int r, const Vec(&acc)[kVecs]) {
-      for (int v = 0; v < kVecs; ++v) acc[v].store(dhp + (r0 + r) * H + cols[v]);
+      for (int v = 0; v < kVecs; ++v) store(acc[v], dhp + (r0 + r) * H + pc.col[v], pc.width[v]);
     };
   };
   // One parallel region: per step, unit blocks split for the pointwise, a barrier, panels split for
@@ -353,8 +404,8 @@ void PackedStep::lstm_backward_sequence(const Tensor& gates, const Tensor& cells
       const int64_t t = reverse ? T - 1 - i : i, prev = i == 0 ? -1 : (reverse ? t + 1 : t - 1);
       pointwise(t, prev, u0, u1);
       barrier();
-      panel_range(p0, p1, panels, K_, Layout{kVecs * kW, kW}, B, dg + t * B * 4 * H, 4 * H, dhp, H, Init::kZero,
-                  nullptr, store);
+      panel_range(p0, p1, panels, K_, Layout::plain(H), B, dg + t * B * 4 * H, 4 * H, dhp, H, Init::kZero, nullptr,
+                  store_dh);
       barrier();
     }
   };

@@ -18,9 +18,9 @@ using at::Tensor;
 
 class PackedStep {
  public:
-  // Whether weight [G, K] can be packed: CPU float32, G a multiple of the panel width (4 SIMD vectors), or with
-  // lstm_gates, G = 4H with H a multiple of one vector; and rows (the step's batch) small enough that a step
-  // GEMM is latency-bound. SEQOPS_PACKED_STEP=0 turns it off.
+  // Whether weight [G, K] can be packed: CPU float32 (with lstm_gates, G = 4H), and rows (the step's batch)
+  // small enough that a step GEMM is latency-bound. Any G: a last panel that the rows do not fill is padded
+  // with zero rows, whose lanes are never stored. SEQOPS_PACKED_STEP=0 turns it off.
   static bool supported(const Tensor& weight, int64_t rows, bool lstm_gates);
 
   // weight: [G, K]. lstm_gates: panel j holds units [jW, jW + W) of each of the 4 gates (i, f, g, o), so a
@@ -42,14 +42,14 @@ class PackedStep {
                      const Tensor& cells, bool reverse) const;
 
   // The LSTM backward recurrence over a whole unpacked sequence without projection, in one parallel region;
-  // this PackedStep holds W_hh^T [H, 4H] (plain packing; H % 4W == 0). gates [T*B, 4H] activations; cells
+  // this PackedStep holds W_hh^T [H, 4H] (plain packing). gates [T*B, 4H] activations; cells
   // [T*B, H]; c0 [B, H]; grad_out [T*B, H]; dh, dc [B, H] in: dL/dh_n, dL/dc_n, out: dL/dh0, dL/dc0;
   // grad_gates [T*B, 4H] out. All contiguous.
   void lstm_backward_sequence(const Tensor& gates, const Tensor& cells, const Tensor& c0, const Tensor& grad_out,
                               const Tensor& dh, const Tensor& dc, const Tensor& grad_gates, bool reverse) const;
 
  private:
-  Tensor panels_;  // [G / (4W), K, 4, W]
+  Tensor panels_;  // [ceil(G / 4W), K, 4, W]
   int64_t G_ = 0, K_ = 0;
   bool lstm_gates_ = false;
 };
