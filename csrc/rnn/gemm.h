@@ -14,10 +14,16 @@ using at::Tensor;
 
 // Whether a product x [N, K] w^T goes to oneDNN's linear: float32 only, as bfloat16's at::mm already runs on
 // oneDNN, and its linear on the plain weight measured 3x at::mm's error on a cell's input gradient. on_any_cpu:
-// also where float32 products otherwise prefer at::mm (onednn::float32_on_onednn).
-inline bool onednn_takes(const Tensor& x, const Tensor& w, bool on_any_cpu = false) {
+// also where float32 products otherwise prefer at::mm (onednn::float32_on_onednn). min_macs: by default 1M
+// multiply-adds (onednn::worth_it), 4M for a weight under 2^17 elements. Measured in cells' training loops
+// (2 threads, 2-core Zen 4): at::mm ran the products of a [512, 128] or [384, 128] weight faster at 32 rows
+// (2.1M and 1.6M: LSTMCell and GRUCell ~1.1x over the whole loop) and the same at 64 rows; oneDNN ran a
+// [1024, 256] weight's faster at 16 rows (4.2M: 1.1x), and a [3072, 1024] weight's at one row (a GRU's T=1
+// step, 3.1M: 1.15x).
+inline bool onednn_takes(const Tensor& x, const Tensor& w, bool on_any_cpu = false, int64_t min_macs = 0) {
+  if (min_macs == 0) min_macs = w.numel() < (int64_t{1} << 17) ? int64_t{1} << 22 : int64_t{1} << 20;
   return w.scalar_type() == at::kFloat && (on_any_cpu ? onednn::available(w) : onednn::usable(w)) &&
-         onednn::worth_it(x.size(0), w);
+         onednn::worth_it(x.size(0), w, min_macs);
 }
 
 // x [N, K] -> [N, G] = x w^T (+ bias [G]), for a weight used once. w: [G, K], or a transposed view (the
@@ -42,10 +48,14 @@ Tensor sum_of_parts(int64_t total, int64_t chunk, const Part& part) {
 // a cell's hidden-state gradient). On oneDNN (linear_once's rule) the G products are summed 256 at a time and
 // the partial results added: one oneDNN product sums all G in one chain, which at G = 4H = 1024 measured ~2.2x
 // MKL's error (4.3e-8 vs 1.9e-8; an LSTM's input gradient 2.1x torch.nn's); per 256 it is MKL's (2.4e-8), for
-// 5.5 ms instead of 4.3 at N = 3200 (MKL: 9.5 ms).
+// 5.5 ms instead of 4.3 at N = 3200 (MKL: 9.5 ms; that was Zen 5, on Zen 4 all three are ~10 ms). Under 1024
+// rows (a cell's batch, a short sequence) it is at::mm: there oneDNN's calls and the column-block copies cost
+// more than they gain, at::mm measured 2-3x faster at N = 16-256 and 1.0-1.15x at 512 (G = 512-2048, 2-core
+// Zen 4), and an LSTMCell's training loop at B=32 H=128 went from 0.78x to ~1x torch.nn's speed.
 inline Tensor grad_through_weight(const Tensor& grad, const Tensor& w) {
-  constexpr int64_t kTermsPerProduct = 256;
+  constexpr int64_t kTermsPerProduct = 256, kMinRows = 1024;
   const int64_t G = grad.size(1);
+  if (grad.size(0) < kMinRows) return at::mm(grad, w);
   // Copying the [N, 256] column blocks costs what a product of K < 64 columns does: one product then.
   if (G <= kTermsPerProduct || w.size(1) < 64 || !onednn_takes(grad, w.t())) return linear_once(grad, w.t());
   return sum_of_parts(G, kTermsPerProduct, [&](int64_t start, int64_t terms) {  // [N, K]
@@ -118,7 +128,8 @@ inline Tensor project(const Tensor& x, const Tensor& w, const std::optional<Tens
   else if (b2.has_value())
     bias = b2;
   constexpr int64_t kSequenceRows = 256;
-  if (x.size(0) >= kSequenceRows && onednn_takes(x, w, /*on_any_cpu=*/true)) return onednn::linear(x, w, bias);
+  if (x.size(0) >= kSequenceRows && onednn_takes(x, w, /*on_any_cpu=*/true, /*min_macs=*/int64_t{1} << 20))
+    return onednn::linear(x, w, bias);
   return linear_once(x, w, bias);
 }
 

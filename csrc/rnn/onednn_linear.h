@@ -73,12 +73,12 @@ inline bool usable(const Tensor& w) {
   return available(w) && (w.scalar_type() == at::kBFloat16 || float32_on_onednn());
 }
 
-// oneDNN's call costs ~20 us however small the product, so at::mm wins below ~1M multiply-adds (measured:
-// [16, 64] x [64, 256] 10 us vs 25 us; [4, 256] x [256, 1024] 56 us vs 41 us, one thread).
-inline bool worth_it(int64_t rows, const Tensor& w) {
-  constexpr int64_t kMinMacs = int64_t{1} << 20;
+// oneDNN's call costs ~20 us however small the product, so at::mm wins below ~1M multiply-adds (measured on a
+// reordered weight: [16, 64] x [64, 256] 10 us vs 25 us; [4, 256] x [256, 1024] 56 us vs 41 us, one thread).
+// A plain weight's product (used once) takes a larger minimum: gemm.h, onednn_takes.
+inline bool worth_it(int64_t rows, const Tensor& w, int64_t min_macs = int64_t{1} << 20) {
   const int64_t macs_per_row = w.size(0) * w.size(1);  // a weight's numel: no overflow; rows * it could
-  return rows > 0 && macs_per_row > 0 && rows >= (kMinMacs + macs_per_row - 1) / macs_per_row;
+  return rows > 0 && macs_per_row > 0 && rows >= (min_macs + macs_per_row - 1) / macs_per_row;
 }
 
 // weight [G, K] -> oneDNN's blocked layout for products of `batch` rows: pays off only when the weight is
