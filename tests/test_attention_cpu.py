@@ -40,18 +40,23 @@ def flash_calls(monkeypatch):
     return calls
 
 
-@pytest.fixture
-def op_route_calls(monkeypatch):
-    """Counts seqops.attention's calls into seqops' own ops (the rest went to SDPA)."""
+def _count_calls(monkeypatch, name):
+    """The argument tuples of every call to seqops.ops.attention's function `name`, from now on."""
     calls = []
-    real = attention_module._attention_op
+    real = getattr(attention_module, name)
 
     def counted(*args):
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr(attention_module, "_attention_op", counted)
+    monkeypatch.setattr(attention_module, name, counted)
     return calls
+
+
+@pytest.fixture
+def op_route_calls(monkeypatch):
+    """Counts seqops.attention's calls into seqops' own ops (the rest went to SDPA)."""
+    return _count_calls(monkeypatch, "_attention_op")
 
 
 def _interleaved(B, H, L, E, dtype=torch.float32):
@@ -127,6 +132,79 @@ def test_flags_that_are_not_python_bools_are_refused_as_sdpa_refuses_them():
             seqops.attention(q, k, v, **flags)
         with pytest.raises(TypeError, match="must be bool"):
             F.scaled_dot_product_attention(q, k, v, **flags)
+
+
+# The common CPU call, which SDPA's flash kernel takes as it is: seqops.attention hands it over before its own
+# argument checks (_common_cpu_call), which cost more than SDPA's whole call at short lengths
+COMMON_CPU_CALLS = {
+    "plain": lambda: ((2, 4, 33, 16), (2, 4, 33, 16), (2, 4, 33, 16), {}),
+    "causal": lambda: ((2, 4, 17, 32), (2, 4, 17, 32), (2, 4, 17, 32), {"is_causal": True}),
+    "three_dims": lambda: ((4, 19, 16), (4, 19, 16), (4, 19, 16), {"is_causal": False, "dropout_p": 0}),
+    "interleaved": lambda: (_interleaved(2, 4, 13, 16), _interleaved(2, 4, 13, 16), _interleaved(2, 4, 13, 16), {}),
+    "bf16": lambda: tuple(torch.randn(2, 4, 33, 16, dtype=torch.bfloat16) for _ in range(3)) + ({},),
+}
+
+
+@pytest.fixture
+def prepared_calls(monkeypatch):
+    """Counts seqops.attention's calls through its full argument checks (_prepared)."""
+    return _count_calls(monkeypatch, "_prepared")
+
+
+@pytest.mark.parametrize("case", list(COMMON_CPU_CALLS))
+def test_common_cpu_calls_go_to_sdpa_before_seqops_checks(prepared_calls, op_route_calls, case):
+    (q, k, v), kwargs = _tensors(COMMON_CPU_CALLS[case])
+    ours = seqops.attention(q, k, v, **kwargs)
+    theirs = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    assert not prepared_calls and not op_route_calls
+    assert torch.equal(ours, theirs) and ours.stride() == theirs.stride()
+    grad = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad)):
+        assert torch.equal(a, b)
+
+
+def _under(mode_factory, call):
+    with mode_factory():
+        return call()
+
+
+# Calls one step from the common one: each must take the full route, with its checks (and errors)
+NOT_COMMON_CPU_CALLS = {
+    "mask": lambda q, k, v: seqops.attention(q, k, v, attn_mask=torch.rand(33, 33) > 0.2),
+    "scale": lambda q, k, v: seqops.attention(q, k, v, scale=0.5),
+    "gqa_flag": lambda q, k, v: seqops.attention(q, k, v, enable_gqa=True),
+    "dropout": lambda q, k, v: seqops.attention(q, k, v, dropout_p=0.1),
+    "numpy_dropout_zero": lambda q, k, v: seqops.attention(q, k, v, dropout_p=__import__("numpy").float64(0.0)),
+    "cross_attention": lambda q, k, v: seqops.attention(q, k[..., :20, :], v[..., :20, :]),
+    "value_head_dim": lambda q, k, v: seqops.attention(q, k, v[..., :8]),
+    "float64": lambda q, k, v: seqops.attention(q.double(), k.double(), v.double()),
+    "mixed_dtypes": lambda q, k, v: seqops.attention(q, k.double(), v),
+    "strided_head_dim": lambda q, k, v: seqops.attention(q.transpose(-1, -2).contiguous().transpose(-1, -2), k, v),
+    "empty": lambda q, k, v: seqops.attention(q[..., :0, :], k[..., :0, :], v[..., :0, :]),
+    "autocast": lambda q, k, v: _under(lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+                                       lambda: seqops.attention(q, k, v)),
+    "flop_counter": lambda q, k, v: _under(lambda: torch.utils.flop_counter.FlopCounterMode(display=False),
+                                           lambda: seqops.attention(q, k, v)),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_COMMON_CPU_CALLS))
+def test_other_cpu_calls_take_the_full_checks(prepared_calls, case):
+    q, k, v = (torch.randn(2, 4, 33, 16) for _ in range(3))
+    try:
+        NOT_COMMON_CPU_CALLS[case](q, k, v)
+    except (RuntimeError, ValueError, TypeError):  # mixed dtypes: refused by the checks
+        assert case == "mixed_dtypes"
+    assert len(prepared_calls) == 1
+
+
+def test_flags_of_the_wrong_type_are_refused_on_the_common_call(prepared_calls):
+    # is_causal=1 or None, a mask of the wrong kind: the common call's test leaves them to the full checks
+    q, k, v = (torch.randn(2, 4, 9, 16) for _ in range(3))
+    for kwargs in ({"is_causal": 1}, {"is_causal": None}, {"enable_gqa": 0}, {"dropout_p": "0"}):
+        with pytest.raises(TypeError, match="must be"):
+            seqops.attention(q, k, v, **kwargs)
+    assert len(prepared_calls) == 4
 
 
 # what SDPA would run on its math backend, or what seqops computes its own way: seqops' ops take these
