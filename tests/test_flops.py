@@ -73,3 +73,65 @@ def test_gru_counts_close_to_torch_nn():
     theirs, ours = nn.GRU(4, 5), seqops.GRU(4, 5)
     counts = [_count(lambda m=m: m(x)[0].sum().backward()) for m in (theirs, ours)]
     assert counts[1] - counts[0] == 2 * 3 * 5 * 15
+
+
+def _fresh_python(code):
+    """code run in a new interpreter (a clean sys.modules); its stdout."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+_COUNT_AN_LSTM = ("import torch\n"
+                  "m = seqops.LSTM(8, 8)\n"
+                  "with FlopCounterMode(display=False) as counter:\n"
+                  "    m(torch.randn(5, 2, 8))\n"
+                  "print(counter.get_total_flops())\n")
+
+
+def test_import_seqops_leaves_the_flop_counter_and_triton_unloaded():
+    # They cost ~85 ms and ~75 MiB: seqops registers its formulas when the program imports the counter
+    loaded = _fresh_python("import sys, seqops\n"
+                           "print(sorted({'torch.utils.flop_counter', 'triton'} & set(sys.modules)))")
+    assert loaded == "[]"
+
+
+@pytest.mark.parametrize("counter_first", [False, True])
+def test_the_counter_counts_seqops_whichever_is_imported_first(counter_first):
+    imports = ["import seqops", "from torch.utils.flop_counter import FlopCounterMode"]
+    if counter_first:
+        imports.reverse()
+    flops = _fresh_python("\n".join(imports) + "\n" + _COUNT_AN_LSTM)
+    assert int(flops) == 2 * 5 * 2 * 32 * (8 + 8)  # the input projection and the recurrent GEMMs
+
+
+def test_the_after_import_hook_keeps_the_module_s_loader_and_survives_a_failing_callback():
+    import sys
+    import types
+
+    from seqops import _after_import
+
+    calls = []
+    _after_import.after_import("json", lambda: calls.append("now"))  # already imported: at once
+    assert calls == ["now"]
+    name = "seqops_test_module_imported_later"
+    module_path = __import__("pathlib").Path(__import__("tempfile").mkdtemp()) / f"{name}.py"
+    module_path.write_text("VALUE = 3\n")
+    sys.path.insert(0, str(module_path.parent))
+    try:
+        _after_import.after_import(name, lambda: calls.append(sys.modules[name].VALUE))
+        assert calls == ["now"]
+        module = __import__(name)
+        assert calls == ["now", 3] and isinstance(module, types.ModuleType)
+        assert "VALUE = 3" in module.__loader__.get_source(name)  # the real loader behind it
+        assert not any(isinstance(f, _after_import._Watch) for f in sys.meta_path)  # once
+        failing = name + "_failing"
+        (module_path.parent / f"{failing}.py").write_text("VALUE = 4\n")
+        _after_import.after_import(failing, lambda: 1 / 0)
+        with pytest.warns(UserWarning, match="ZeroDivisionError"):
+            assert __import__(failing).VALUE == 4  # the user's import still works
+    finally:
+        sys.path.remove(str(module_path.parent))
