@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from attention_checks import assert_close_fp32_grad, check_fp32, float64_oracle, make_qkv, max_err, through_the_ops
+from torch.utils.flop_counter import FlopCounterMode
 
 import seqops
 from seqops.ops import attention as attention_module
@@ -183,7 +184,7 @@ NOT_COMMON_CPU_CALLS = {
     "empty": lambda q, k, v: seqops.attention(q[..., :0, :], k[..., :0, :], v[..., :0, :]),
     "autocast": lambda q, k, v: _under(lambda: torch.autocast("cpu", dtype=torch.bfloat16),
                                        lambda: seqops.attention(q, k, v)),
-    "flop_counter": lambda q, k, v: _under(lambda: torch.utils.flop_counter.FlopCounterMode(display=False),
+    "flop_counter": lambda q, k, v: _under(lambda: FlopCounterMode(display=False),
                                            lambda: seqops.attention(q, k, v)),
 }
 
@@ -196,6 +197,25 @@ def test_other_cpu_calls_take_the_full_checks(prepared_calls, case):
     except (RuntimeError, ValueError, TypeError):  # mixed dtypes: refused by the checks
         assert case == "mixed_dtypes"
     assert len(prepared_calls) == 1
+
+
+def test_the_common_call_test_adds_no_recompile_under_dynamic_shapes(monkeypatch):
+    # Under torch.compile the test must stop at its mode checks: a size comparison traced there becomes a guard
+    # (query length == key length), and each new outcome a recompile that the full route does not have
+    from torch._dynamo.testing import CompileCounter
+
+    def frames(fast_path):
+        if not fast_path:
+            monkeypatch.setattr(attention_module, "_common_cpu_call", lambda *args: False)
+        torch._dynamo.reset()
+        counter = CompileCounter()
+        compiled = torch.compile(lambda q, k, v: seqops.attention(q, k, v), dynamic=True, backend=counter)
+        for L, S in [(8, 8), (5, 7), (9, 9), (12, 3), (6, 6)]:
+            q, k, v = torch.randn(2, 3, L, 8), torch.randn(2, 3, S, 8), torch.randn(2, 3, S, 8)
+            torch.testing.assert_close(compiled(q, k, v), F.scaled_dot_product_attention(q, k, v))
+        return counter.frame_count
+
+    assert frames(fast_path=True) == frames(fast_path=False)
 
 
 def test_flags_of_the_wrong_type_are_refused_on_the_common_call(prepared_calls):

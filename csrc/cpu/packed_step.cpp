@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -69,16 +70,17 @@ struct Layout {
   }
 };
 
-// The first `width` lanes at p (the rest zero), and their store: a full vector where all are real.
-inline Vec load(const float* p, int width) {
-  if (width == kW) return Vec::loadu(p);
-  return width > 0 ? Vec::loadu(p, width) : Vec(0.0f);
+// The first `width` lanes at base + offset (the rest zero), and their store: a full vector where all are real.
+// A vector with no real lanes touches nothing, nor forms its address (past the end of the buffer).
+inline Vec load(const float* base, int64_t offset, int width) {
+  if (width == kW) return Vec::loadu(base + offset);
+  return width > 0 ? Vec::loadu(base + offset, width) : Vec(0.0f);
 }
-inline void store(const Vec& x, float* p, int width) {
+inline void store(const Vec& x, float* base, int64_t offset, int width) {
   if (width == kW)
-    x.store(p);
+    x.store(base + offset);
   else if (width > 0)
-    x.store(p, width);
+    x.store(base + offset, width);
 }
 
 Layout layout_of(int64_t G, bool lstm_gates) { return lstm_gates ? Layout::lstm(G / 4) : Layout::plain(G); }
@@ -120,16 +122,16 @@ inline void tile(const float* panel, int64_t k0, int64_t kn, bool first, bool la
       const int64_t col = pc.col[V0 + v];
       const int width = pc.width[V0 + v];
       if (!first || init == Init::kOut)
-        acc[r][v] = acc[r][v] + load(out + r * ldo + col, width);
+        acc[r][v] = acc[r][v] + load(out, r * ldo + col, width);
       else if (init == Init::kBias)
-        acc[r][v] = acc[r][v] + load(bias + col, width);
+        acc[r][v] = acc[r][v] + load(bias, col, width);
     }
   if (last && V0 + NV == kVecs) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       Vec all[kVecs];
 #pragma GCC unroll 4
-      for (int v = 0; v < V0; ++v) all[v] = load(out + r * ldo + pc.col[v], pc.width[v]);
+      for (int v = 0; v < V0; ++v) all[v] = load(out, r * ldo + pc.col[v], pc.width[v]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) all[V0 + v] = acc[r][v];
       finish(r, all);
@@ -139,7 +141,7 @@ inline void tile(const float* panel, int64_t k0, int64_t kn, bool first, bool la
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) store(acc[r][v], out + r * ldo + pc.col[V0 + v], pc.width[V0 + v]);
+    for (int v = 0; v < NV; ++v) store(acc[r][v], out, r * ldo + pc.col[V0 + v], pc.width[V0 + v]);
 }
 
 // One panel's vectors [V0, V0 + kTileVecs) over all K blocks and row tiles.
@@ -213,14 +215,14 @@ struct LstmFinish {
     return [=, *this](int r, const Vec(&acc)[kVecs]) {
       const int64_t row = r0 + r, unit = j * kW;
       const int width = pc.width[0];  // the same units of each gate
-      const auto y = cpu::lstm_forward_math(acc[0], acc[1], acc[2], acc[3], load(c_prev + row * ldcp + unit, width));
+      const auto y = cpu::lstm_forward_math(acc[0], acc[1], acc[2], acc[3], load(c_prev, row * ldcp + unit, width));
       float* gr = gates + row * ldg;
-      store(y.i, gr + pc.col[0], width);
-      store(y.f, gr + pc.col[1], width);
-      store(y.g, gr + pc.col[2], width);
-      store(y.o, gr + pc.col[3], width);
-      store(y.c, c_new + row * ldcn + unit, width);
-      store(y.h, h_new + row * ldh + unit, width);
+      store(y.i, gr, pc.col[0], width);
+      store(y.f, gr, pc.col[1], width);
+      store(y.g, gr, pc.col[2], width);
+      store(y.o, gr, pc.col[3], width);
+      store(y.c, c_new, row * ldcn + unit, width);
+      store(y.h, h_new, row * ldh + unit, width);
     };
   }
 };
@@ -257,13 +259,15 @@ PackedStep::PackedStep(const Tensor& weight, bool lstm_gates)
   // 171 us vs ~30 us for a [1024, 256] weight). Lanes past the real rows stay zero.
   const Tensor w = weight.contiguous();
   const bool padded = layout.extent % layout.panel_step != 0;
-  panels_ = padded ? at::zeros({n_panels, K, kVecs, kW}, w.options()) : at::empty({n_panels, K, kVecs, kW}, w.options());
+  const std::vector<int64_t> shape{n_panels, K, kVecs, kW};
+  panels_ = padded ? at::zeros(shape, w.options()) : at::empty(shape, w.options());
   const float* src = w.const_data_ptr<float>();
   float* dst = panels_.data_ptr<float>();
   at::parallel_for(0, n_panels * kVecs, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t j = blk / kVecs, v = blk % kVecs;
       const PanelCols pc = layout.at(j);
+      if (pc.width[v] == 0) continue;  // all padding: stays zero
       const float* rows = src + pc.col[v] * K;
       for (int64_t k0 = 0; k0 < K; k0 += 16) {
         const int64_t k1 = std::min(K, k0 + 16);
@@ -289,7 +293,7 @@ Tensor PackedStep::operator()(const Tensor& h, const std::optional<Tensor>& bias
              bias_c.defined() ? bias_c.const_data_ptr<float>() : nullptr,
              [&](int64_t r0, int64_t, const PanelCols& pc) {
                return [=](int r, const Vec(&acc)[kVecs]) {
-                 for (int v = 0; v < kVecs; ++v) store(acc[v], o + (r0 + r) * ldo + pc.col[v], pc.width[v]);
+                 for (int v = 0; v < kVecs; ++v) store(acc[v], o, (r0 + r) * ldo + pc.col[v], pc.width[v]);
                };
              });
   return out;
@@ -379,19 +383,19 @@ void PackedStep::lstm_backward_sequence(const Tensor& gates, const Tensor& cells
       for (int64_t u = u0 * kW; u < std::min(H, u1 * kW); u += kW) {
         const int w = static_cast<int>(std::min<int64_t>(kW, H - u));
         const auto d = cpu::lstm_backward_math(
-            load(gr + u, w), load(gr + H + u, w), load(gr + 2 * H + u, w), load(gr + 3 * H + u, w), load(cp + u, w),
-            load(cl + row * H + u, w), load(dhp + r * H + u, w) + load(go + row * H + u, w), load(dcp + r * H + u, w));
-        store(d.d_i, dgr + u, w);
-        store(d.d_f, dgr + H + u, w);
-        store(d.d_g, dgr + 2 * H + u, w);
-        store(d.d_o, dgr + 3 * H + u, w);
-        store(d.d_c_prev, dcp + r * H + u, w);
+            load(gr, u, w), load(gr, H + u, w), load(gr, 2 * H + u, w), load(gr, 3 * H + u, w), load(cp, u, w),
+            load(cl, row * H + u, w), load(dhp, r * H + u, w) + load(go, row * H + u, w), load(dcp, r * H + u, w));
+        store(d.d_i, dgr, u, w);
+        store(d.d_f, dgr, H + u, w);
+        store(d.d_g, dgr, 2 * H + u, w);
+        store(d.d_o, dgr, 3 * H + u, w);
+        store(d.d_c_prev, dcp, r * H + u, w);
       }
     }
   };
   const auto store_dh = [&](int64_t r0, int64_t, const PanelCols& pc) {
     return [=](int r, const Vec(&acc)[kVecs]) {
-      for (int v = 0; v < kVecs; ++v) store(acc[v], dhp + (r0 + r) * H + pc.col[v], pc.width[v]);
+      for (int v = 0; v < kVecs; ++v) store(acc[v], dhp, (r0 + r) * H + pc.col[v], pc.width[v]);
     };
   };
   // One parallel region: per step, unit blocks split for the pointwise, a barrier, panels split for
