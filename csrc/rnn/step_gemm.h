@@ -4,7 +4,7 @@
 // so no step repacks it: measured ~2x faster per step than at::mm, and ~1.5x faster than oneDNN on the plain
 // weight, at [32, 256] x [256, 1024] on an AMD EPYC. Elsewhere (CUDA: cuBLAS; float64; no oneDNN) it is at::mm.
 // SEQOPS_ONEDNN=0 forces at::mm (and so does the default for float32 on CPUs without AVX-512: onednn_linear.h).
-// A CPU float32 step whose weight fits PackedStep's panels (every common size) runs on PackedStep instead,
+// A CPU float32 step of at most 512 rows runs on PackedStep instead (any weight size: the panels are padded),
 // with no per-call setup: measured on the LSTM layer's forward, 100 -> 35-50 us per step at B=16, H=128 and
 // 60 -> 25-35 us at B=1, H=256; on par with oneDNN at B=32, H=256 (2-core AMD EPYC).
 #pragma once
