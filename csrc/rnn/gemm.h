@@ -48,10 +48,11 @@ Tensor sum_of_parts(int64_t total, int64_t chunk, const Part& part) {
 // a cell's hidden-state gradient). On oneDNN (linear_once's rule) the G products are summed 256 at a time and
 // the partial results added: one oneDNN product sums all G in one chain, which at G = 4H = 1024 measured ~2.2x
 // MKL's error (4.3e-8 vs 1.9e-8; an LSTM's input gradient 2.1x torch.nn's); per 256 it is MKL's (2.4e-8), for
-// 5.5 ms instead of 4.3 at N = 3200 (MKL: 9.5 ms; that was Zen 5, on Zen 4 all three are ~10 ms). Under 1024
-// rows (a cell's batch, a short sequence) it is at::mm: there oneDNN's calls and the column-block copies cost
-// more than they gain, at::mm measured 2-3x faster at N = 16-256 and 1.0-1.15x at 512 (G = 512-2048, 2-core
-// Zen 4), and an LSTMCell's training loop at B=32 H=128 went from 0.78x to ~1x torch.nn's speed.
+// 5.5 ms instead of 4.3 at N = 3200 (MKL: 9.5 ms; that was Zen 5: on Zen 4, at::mm 10.2 ms, per 256 10.5 ms).
+// Under 1024 rows (a cell's batch, a short sequence) it is at::mm: there oneDNN's calls and the column-block
+// copies cost more than they gain, at::mm measured 2-3x faster at N = 16-256 and 0.98-1.15x at 512 (G =
+// 512-2048, 2-core Zen 4), and an LSTMCell's training loop at B=32 H=128 went from 0.76x to 1.03-1.05x
+// torch.nn's speed.
 inline Tensor grad_through_weight(const Tensor& grad, const Tensor& w) {
   constexpr int64_t kTermsPerProduct = 256, kMinRows = 1024;
   const int64_t G = grad.size(1);
