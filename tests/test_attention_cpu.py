@@ -7,6 +7,7 @@ F.scaled_dot_product_attention, forward and every gradient, and that the fast ro
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,8 +126,6 @@ def test_masks_of_fewer_dims_than_the_scores_take_sdpa_s_flash_kernel(op_route_c
 
 def test_flags_that_are_not_python_bools_are_refused_as_sdpa_refuses_them():
     # on every route alike: is_causal=None or 1 must not pass as a silent False or True
-    import numpy as np
-
     (q, k, v), _ = _tensors(lambda: ((2, 4, 9, 16), (2, 2, 11, 16), (2, 2, 11, 16), {}))
     for flags in ({"is_causal": 1}, {"is_causal": np.bool_(True)}, {"is_causal": None}, {"enable_gqa": 1},
                   {"enable_gqa": None}):
@@ -176,7 +175,7 @@ NOT_COMMON_CPU_CALLS = {
     "scale": lambda q, k, v: seqops.attention(q, k, v, scale=0.5),
     "gqa_flag": lambda q, k, v: seqops.attention(q, k, v, enable_gqa=True),
     "dropout": lambda q, k, v: seqops.attention(q, k, v, dropout_p=0.1),
-    "numpy_dropout_zero": lambda q, k, v: seqops.attention(q, k, v, dropout_p=__import__("numpy").float64(0.0)),
+    "numpy_dropout_zero": lambda q, k, v: seqops.attention(q, k, v, dropout_p=np.float64(0.0)),
     "cross_attention": lambda q, k, v: seqops.attention(q, k[..., :20, :], v[..., :20, :]),
     "value_head_dim": lambda q, k, v: seqops.attention(q, k, v[..., :8]),
     "float64": lambda q, k, v: seqops.attention(q.double(), k.double(), v.double()),

@@ -1,5 +1,10 @@
 """torch.utils.flop_counter counts seqops' ops: SDPA's formulas for attention, the GEMMs of the RNN ops."""
 
+import importlib
+import subprocess
+import sys
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -77,9 +82,6 @@ def test_gru_counts_close_to_torch_nn():
 
 def _fresh_python(code):
     """code run in a new interpreter (a clean sys.modules); its stdout."""
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -108,30 +110,22 @@ def test_the_counter_counts_seqops_whichever_is_imported_first(counter_first):
     assert int(flops) == 2 * 5 * 2 * 32 * (8 + 8)  # the input projection and the recurrent GEMMs
 
 
-def test_the_after_import_hook_keeps_the_module_s_loader_and_survives_a_failing_callback():
-    import sys
-    import types
-
+def test_the_after_import_hook_keeps_the_module_s_loader_and_survives_a_failing_callback(tmp_path, monkeypatch):
     from seqops import _after_import
 
     calls = []
     _after_import.after_import("json", lambda: calls.append("now"))  # already imported: at once
     assert calls == ["now"]
     name = "seqops_test_module_imported_later"
-    module_path = __import__("pathlib").Path(__import__("tempfile").mkdtemp()) / f"{name}.py"
-    module_path.write_text("VALUE = 3\n")
-    sys.path.insert(0, str(module_path.parent))
-    try:
-        _after_import.after_import(name, lambda: calls.append(sys.modules[name].VALUE))
-        assert calls == ["now"]
-        module = __import__(name)
-        assert calls == ["now", 3] and isinstance(module, types.ModuleType)
-        assert "VALUE = 3" in module.__loader__.get_source(name)  # the real loader behind it
-        assert not any(isinstance(f, _after_import._Watch) for f in sys.meta_path)  # once
-        failing = name + "_failing"
-        (module_path.parent / f"{failing}.py").write_text("VALUE = 4\n")
-        _after_import.after_import(failing, lambda: 1 / 0)
-        with pytest.warns(UserWarning, match="ZeroDivisionError"):
-            assert __import__(failing).VALUE == 4  # the user's import still works
-    finally:
-        sys.path.remove(str(module_path.parent))
+    (tmp_path / f"{name}.py").write_text("VALUE = 3\n")
+    (tmp_path / f"{name}_failing.py").write_text("VALUE = 4\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _after_import.after_import(name, lambda: calls.append(sys.modules[name].VALUE))
+    assert calls == ["now"]
+    module = importlib.import_module(name)
+    assert calls == ["now", 3] and isinstance(module, types.ModuleType)
+    assert "VALUE = 3" in module.__loader__.get_source(name)  # the real loader behind it
+    assert not any(isinstance(f, _after_import._Watch) for f in sys.meta_path)  # once
+    _after_import.after_import(name + "_failing", lambda: 1 / 0)
+    with pytest.warns(UserWarning, match="ZeroDivisionError"):
+        assert importlib.import_module(name + "_failing").VALUE == 4  # the user's import still works

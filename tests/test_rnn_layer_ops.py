@@ -335,43 +335,53 @@ def test_sizes_without_memory_behind_them_are_refused_not_walked():
                               None, None, False, False)
 
 
-def _raw_forward_backward(mode, args, requires_grad=False):
-    """The raw layer ops on make_layer's arguments: -> (forward outputs, backward(*saved, grad_output=...))."""
+def _raw_layer_ops(mode, args):
+    """The raw forward op (torch.ops.seqops) on make_layer's arguments, padded, forward direction -> (its state
+    outputs [output, h_n(, c_n)], its saved workspaces, backward(**replaced)): the raw backward op on that
+    forward's results, the output and states as their own gradients, any argument replaced by name."""
     ops, a = torch.ops.seqops, args
     if mode == "LSTM":
-        outs = ops.lstm_layer_forward(a["input"], None, a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["b_ih"],
-                                      a["b_hh"], a["w_hr"], False)
-        out, h_n, c_n = (t.detach().clone().requires_grad_(requires_grad) for t in outs[:3])
+        out, h_n, c_n, *saved = ops.lstm_layer_forward(a["input"], None, a["hx"], a["cx"], a["w_ih"], a["w_hh"],
+                                                       a["b_ih"], a["b_hh"], a["w_hr"], False)
 
-        def backward(gates, cells, proj_in):
-            return ops.lstm_layer_backward(out, h_n, c_n, a["input"], None, a["hx"], a["cx"], a["w_ih"], a["w_hh"],
-                                           a["w_hr"], False, out, gates, cells, proj_in, True)
-        return outs[3:], backward
-    outs = ops.gru_layer_forward(a["input"], None, a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], False)
-    out, h_n = (t.detach().clone().requires_grad_(requires_grad) for t in outs[:2])
+        def backward(grad_output=out, grad_h_n=h_n, grad_c_n=c_n, output=out, gates=saved[0], cells=saved[1],
+                     proj_in=saved[2]):
+            return ops.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, a["input"], None, a["hx"], a["cx"],
+                                           a["w_ih"], a["w_hh"], a["w_hr"], False, output, gates, cells, proj_in,
+                                           True)
+        return [out, h_n, c_n], saved, backward
+    if mode == "GRU":
+        out, h_n, *saved = ops.gru_layer_forward(a["input"], None, a["hx"], a["w_ih"], a["w_hh"], a["b_ih"],
+                                                 a["b_hh"], False)
 
-    def backward(gates, hn):
-        return ops.gru_layer_backward(out, h_n, a["input"], None, a["hx"], a["w_ih"], a["w_hh"], False, out, gates,
-                                      hn, True)
-    return outs[2:], backward
+        def backward(grad_output=out, grad_h_n=h_n, output=out, gates=saved[0], hn=saved[1]):
+            return ops.gru_layer_backward(grad_output, grad_h_n, a["input"], None, a["hx"], a["w_ih"], a["w_hh"],
+                                          False, output, gates, hn, True)
+        return [out, h_n], saved, backward
+    out, h_n = ops.rnn_layer_forward(a["input"], None, a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], False,
+                                     mode == "RNN_RELU")
+
+    def backward(grad_output=out, grad_h_n=h_n, output=out):
+        return ops.rnn_layer_backward(grad_output, grad_h_n, a["input"], None, a["hx"], a["w_ih"], a["w_hh"], False,
+                                      mode == "RNN_RELU", output, True)
+    return [out, h_n], [], backward
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_backward_op_checks_saved_tensors_before_copying_them(mode):
     # A malformed stride-0 workspace argument is refused by its shape, not first copied out (48 TB here)
-    saved, backward = _raw_forward_backward(mode, make_layer(mode, dtype=torch.float32))
+    _, saved, backward = _raw_layer_ops(mode, make_layer(mode, dtype=torch.float32))
     bad_gates = torch.zeros(1, 1).expand(2**40, saved[0].shape[1])
     with pytest.raises(RuntimeError, match="gates"):
-        backward(bad_gates, *saved[1:])
+        backward(gates=bad_gates)
 
 
 def test_lstm_backward_op_with_a_projection_takes_inputs_that_require_grad():
     # called directly on gradients that require grad, its add_out must not refuse them
-    args = make_layer("LSTM", proj=2, dtype=torch.float32)
-    saved, backward = _raw_forward_backward("LSTM", args, requires_grad=True)
-    got = backward(*saved)
-    saved, backward = _raw_forward_backward("LSTM", args)
-    for a, b in zip(got, backward(*saved)):
+    outs, _, backward = _raw_layer_ops("LSTM", make_layer("LSTM", proj=2, dtype=torch.float32))
+    out, h_n, c_n = (t.detach().clone().requires_grad_() for t in outs)
+    got = backward(grad_output=out, grad_h_n=h_n, grad_c_n=c_n, output=out)
+    for a, b in zip(got, backward()):
         torch.testing.assert_close(a, b)
 
 
@@ -461,28 +471,10 @@ def test_random_layers_match_reference(mode, reverse, bias, size, lengths, proj)
     assert_matches_reference(mode, args, reverse)
 
 
-def _backward_call(mode):
+def _backward_call(mode, device="cpu"):
     """(call(grad_output, output), grad_output, output) of one direct backward-op call on a forward's results."""
-    ops = torch.ops.seqops
-    T, B, I, H = 5, 3, 4, 8
-    x, hx, cx = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H)
-    gates = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}[mode]
-    w_ih, w_hh = torch.randn(gates * H, I), torch.randn(gates * H, H)
-    if mode == "LSTM":
-        out, _, _, saved_gates, cells, proj_in = ops.lstm_layer_forward(x, None, hx, cx, w_ih, w_hh, None, None, None,
-                                                                        False)
-        def call(grad, output):
-            return ops.lstm_layer_backward(grad, hx, cx, x, None, hx, cx, w_ih, w_hh, None, False, output,
-                                           saved_gates, cells, proj_in, True)
-    elif mode == "GRU":
-        out, _, saved_gates, hn = ops.gru_layer_forward(x, None, hx, w_ih, w_hh, None, None, False)
-        def call(grad, output):
-            return ops.gru_layer_backward(grad, hx, x, None, hx, w_ih, w_hh, False, output, saved_gates, hn, True)
-    else:
-        out, _ = ops.rnn_layer_forward(x, None, hx, w_ih, w_hh, None, None, False, False)
-        def call(grad, output):
-            return ops.rnn_layer_backward(grad, hx, x, None, hx, w_ih, w_hh, False, False, output, True)
-    return call, torch.randn_like(out), out
+    outs, _, backward = _raw_layer_ops(mode, make_layer(mode, dtype=torch.float32, device=device))
+    return (lambda grad, output: backward(grad_output=grad, output=output)), torch.randn_like(outs[0]), outs[0]
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
@@ -512,8 +504,7 @@ def test_backward_op_checks_output_and_its_gradient(mode):
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
 def test_backward_op_refuses_a_gradient_on_another_device(mode):
     # A CPU gradient beside CUDA inputs dispatches to the CUDA kernel, which would dereference a host pointer.
-    with torch.device("cuda"):
-        call, grad, out = _backward_call(mode)
+    call, grad, out = _backward_call(mode, device="cuda")
     with pytest.raises(RuntimeError, match="grad_output is on cpu but input is on cuda"):
         call(grad.cpu(), out)
     with pytest.raises(RuntimeError, match="output is on cpu but input is on cuda"):

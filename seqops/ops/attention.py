@@ -465,16 +465,16 @@ def _common_cpu_call(query, key, value, attn_mask, dropout_p, is_causal, scale, 
     so attention() hands it to SDPA without them: they cost ~10 us of Python a call (at L = 16, B=2 H=4 D=64,
     28.5 us against SDPA's 14.4; this test instead, 19.8). Anything else takes the full route, its checks and
     errors."""
-    # The mode checks first: under torch.compile nothing below may run, or Dynamo guards on its size comparisons
-    # (a recompile for each new L == S outcome with dynamic shapes)
+    # torch.compile first: under it nothing below may run, or Dynamo guards on its size comparisons (a recompile
+    # for each new L == S outcome with dynamic shapes). Then the query's device, so a GPU call leaves at once.
     return (
-        not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode() and not _INTERPRET
-        and not torch.is_autocast_enabled("cpu")
+        not torch.compiler.is_compiling() and type(query) is torch.Tensor and query.device.type == "cpu"
+        and not is_in_torch_dispatch_mode() and not _INTERPRET and not torch.is_autocast_enabled("cpu")
         and attn_mask is None and scale is None and enable_gqa is False and (is_causal is False or is_causal is True)
         and type(dropout_p) in (float, int) and dropout_p == 0
-        and type(query) is torch.Tensor and type(key) is torch.Tensor and type(value) is torch.Tensor
+        and type(key) is torch.Tensor and type(value) is torch.Tensor
         and not (query.is_nested or key.is_nested or value.is_nested)
-        and query.device.type == "cpu" and key.device.type == "cpu" and value.device.type == "cpu"
+        and key.device.type == "cpu" and value.device.type == "cpu"
         and query.layout == torch.strided and key.layout == torch.strided and value.layout == torch.strided
         and query.dtype in attention_cpu.CPU_FLASH_DTYPES and key.dtype == query.dtype and value.dtype == query.dtype
         and query.dim() in (3, 4) and query.shape == key.shape == value.shape and query.numel() > 0
