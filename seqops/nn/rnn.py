@@ -17,6 +17,7 @@ from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from seqops.nn._autocast import autocast_dtype, autocast_off, cast, result_dtype
+from seqops.nn._rnn_common_call import common_call_weights, forward_common
 from seqops.nn._shared_hooks import AdoptsSharedBackwardHooks
 from seqops.ops.rnn_layer import _onednn_lstm_applies, onednn_takes, rnn_layer
 from seqops.ops.rnn_stack import packed_batch, rnn_stack, weights_from_flat
@@ -38,6 +39,11 @@ class _SeqopsRNNBase(AdoptsSharedBackwardHooks, nn.RNNBase):
         """
 
     def forward(self, input, hx=None):
+        flat = common_call_weights(self, input, hx)
+        if flat is not None:
+            if self._onednn_lstm_stack_applies(input, hx, flat):
+                return self._onednn_lstm_stack(input, hx, flat)
+            return forward_common(self, input, hx, flat)
         device_type = (input.data if isinstance(input, PackedSequence) else input).device.type
         dtype = autocast_dtype(device_type)
         if dtype is None:
@@ -68,8 +74,8 @@ class _SeqopsRNNBase(AdoptsSharedBackwardHooks, nn.RNNBase):
 
     def _forward(self, input, hx, dtype, device_type):
         self._check_args(input, hx)  # also brings _flat_weights up to date, as torch.nn's forward does
-        if dtype is None and self._onednn_lstm_stack_applies(input, hx):
-            return self._onednn_lstm_stack(input, hx)
+        if dtype is None and self._onednn_lstm_stack_applies(input, hx, self._flat_weights):
+            return self._onednn_lstm_stack(input, hx, self._flat_weights)
         weights = weights_from_flat(self)
         if dtype is not None:
             weights = [cast(w, dtype) for w in weights]
@@ -92,20 +98,20 @@ class _SeqopsRNNBase(AdoptsSharedBackwardHooks, nn.RNNBase):
     # as torch.nn.LSTM does, also drops seqops' per-layer Python (~80 us a call, which step-by-step decoding
     # pays every step).
 
-    def _onednn_lstm_stack_applies(self, input, hx):
+    def _onednn_lstm_stack_applies(self, input, hx, flat):
         if self.mode != "LSTM" or isinstance(input, PackedSequence) or self.proj_size > 0:
             return False
         if self.training and self.dropout > 0:
             return False  # seqops' dropout between layers, the same for every mode
         states = () if hx is None else tuple(hx)
-        return _onednn_lstm_applies(input, None, (input, *states, *self._flat_weights), None)
+        return _onednn_lstm_applies(input, None, (input, *states, *flat), None)
 
-    def _onednn_lstm_stack(self, input, hx):
+    def _onednn_lstm_stack(self, input, hx, flat):
         if hx is None:
             batch = input.size(0 if self.batch_first else 1)
             zeros = input.new_zeros(self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
             hx = (zeros, zeros)
-        out, h_n, c_n = _VF.lstm(input, tuple(hx), self._flat_weights, self.bias, self.num_layers, self.dropout,
+        out, h_n, c_n = _VF.lstm(input, tuple(hx), flat, self.bias, self.num_layers, self.dropout,
                                  self.training, self.bidirectional, self.batch_first)
         return out, (h_n, c_n)
 

@@ -106,6 +106,21 @@ def call_op(op, *args):
         return run_twin(op, *args)
     if transforms_active:
         return op(*args)
+    return eager_call(op, *args)
+
+
+def plain_eager():
+    """Whether this call runs in plain eager mode: no torch.compile, torch.jit.trace, torch.func transform or
+    forward-mode AD level (a level may be open with no dual tensor among the arguments, which costs only a
+    slower route). Where it holds, ``eager_call`` runs an op as ``call_op`` would, with none of its checks; the
+    drop-in modules test it first, for their lean path (onnx export runs under a tracer or on fake tensors)."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
+                or torch.autograd.forward_ad._current_level >= 0)
+
+
+def eager_call(op, *args):
+    """call_op(op, *args) in plain eager mode (plain_eager): below the op's autograd kernel without a graph to
+    record, else through _EagerAutograd."""
     if torch.is_grad_enabled() and _needs_graph(args):
         return _EagerAutograd.apply(getattr(op, "default", op), *args)
     with torch._C._AutoDispatchBelowAutograd():

@@ -5,7 +5,13 @@ import torch
 from seqops import reference
 from seqops.nn._autocast import with_autocast
 from seqops.ops import onnx_export
-from seqops.ops._autograd import double_backward_through, register_autograd, workspace_outputs, zeros_if_none
+from seqops.ops._autograd import (
+    double_backward_through,
+    eager_call,
+    register_autograd,
+    workspace_outputs,
+    zeros_if_none,
+)
 from seqops.ops._cell_args import batch_cell_args, call_cell_op, check_cell_args
 from seqops.ops.fake_devices import contiguous_like, on_one_device
 
@@ -65,3 +71,8 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     else:
         h1, _, _ = call_cell_op(_ops.gru_cell_forward, w_hh.shape[-1], input, hx, w_ih, w_hh, b_ih, b_hh)
     return h1.squeeze(0) if unbatched else h1
+
+
+def eager_gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh):
+    """gru_cell for the drop-in cell's lean path (as eager_lstm_cell)."""
+    return eager_call(_ops.gru_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh)[0]

@@ -8,6 +8,7 @@ from seqops.ops import onnx_export
 from seqops.ops._autograd import (
     bias_grads,
     double_backward_through,
+    eager_call,
     register_autograd,
     workspace_outputs,
     zeros_if_none,
@@ -76,4 +77,11 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
         h1, c1, _ = call_cell_op(_ops.lstm_cell_forward, w_hh.shape[-1], input, h, c, w_ih, w_hh, b_ih, b_hh)
     if unbatched:
         return h1.squeeze(0), c1.squeeze(0)
+    return h1, c1
+
+
+def eager_lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    """lstm_cell's (h1, c1) for the drop-in cell's lean path: batched [B, I] input and [B, H] states, H > 0, in
+    plain eager mode (plain_eager) with autocast off, where lstm_cell's own handling would change nothing."""
+    h1, c1, _ = eager_call(_ops.lstm_cell_forward, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
     return h1, c1

@@ -5,7 +5,7 @@ import torch
 from seqops import reference
 from seqops.nn._autocast import with_autocast
 from seqops.ops import onnx_export
-from seqops.ops._autograd import bias_grads, double_backward_through, register_autograd
+from seqops.ops._autograd import bias_grads, double_backward_through, eager_call, register_autograd
 from seqops.ops._cell_args import batch_cell_args, call_cell_op, check_cell_args
 from seqops.ops.fake_devices import contiguous_like, on_one_device
 
@@ -71,3 +71,8 @@ def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
 def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One vanilla RNN step, like ``torch.rnn_relu_cell``: ``relu(W_ih x + b_ih + W_hh h + b_hh)``."""
     return _rnn_cell("rnn_relu_cell", True, input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def eager_rnn_cell(relu, input, hx, w_ih, w_hh, b_ih, b_hh):
+    """rnn_tanh_cell / rnn_relu_cell for the drop-in cell's lean path (as eager_lstm_cell)."""
+    return eager_call(_ops.rnn_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh, relu)

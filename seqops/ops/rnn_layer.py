@@ -12,7 +12,14 @@ import torch
 from seqops import reference
 from seqops.nn._autocast import with_autocast
 from seqops.ops import onnx_export
-from seqops.ops._autograd import bias_grads, call_op, double_backward_through, register_autograd, zeros_if_none
+from seqops.ops._autograd import (
+    bias_grads,
+    call_op,
+    double_backward_through,
+    eager_call,
+    register_autograd,
+    zeros_if_none,
+)
 from seqops.ops._autograd import workspace_outputs as _workspace
 from seqops.ops.fake_devices import contiguous_like, on_one_device
 
@@ -275,23 +282,38 @@ def rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, re
     """One layer-direction over the whole sequence; returns (output, h_n, c_n) (c_n None except LSTM)."""
     if onnx_export.exporting():
         return onnx_export.rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    return _routed_layer(call_op, mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+
+
+def eager_rnn_layer(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """rnn_layer for a caller that has ruled out tracers, transforms, exports and autocast (plain_eager, autocast
+    off): the same routes, without the guards."""
+    return _routed_layer(eager_call, mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+
+
+def _routed_layer(call, mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     if mode == "LSTM" and _onednn_lstm_applies(input, batch_sizes, (input, hx, cx, w_ih, w_hh, b_ih, b_hh), w_hr):
         result = _onednn_lstm(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse)
         if result is not None:
             return result
     if input.device.type == "cpu" and input.dtype in _CPU_LOW_PRECISION:
         return _in_fp32(mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    return _call_layer_op(call, mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+
+
+def _call_layer_op(call, mode, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """The layer op of ``mode`` run by ``call(op, *args)`` (call_op or eager_call); returns (output, h_n, c_n)."""
     if mode == "LSTM":
-        out, h_n, c_n, *_ = call_op(_ops.lstm_layer_forward, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
-                                  w_hr, reverse)
+        out, h_n, c_n, *_ = call(_ops.lstm_layer_forward, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                 reverse)
         return out, h_n, c_n
     if w_hr is not None:
         raise ValueError(f"proj_size is only supported by LSTM, not {mode}")
     if mode == "GRU":
-        out, h_n, *_ = call_op(_ops.gru_layer_forward, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
+        out, h_n, *_ = call(_ops.gru_layer_forward, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
         return out, h_n, None
     if mode in ("RNN_TANH", "RNN_RELU"):
-        out, h_n = call_op(_ops.rnn_layer_forward, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
-                         mode == "RNN_RELU")
+        out, h_n = call(_ops.rnn_layer_forward, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
+                        mode == "RNN_RELU")
         return out, h_n, None
     raise ValueError(f"unknown RNN mode {mode!r}; expected one of {MODES}")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["rnn_stack", "weights_from_module", "weights_from_flat", "MODES", "GATES"]
+__all__ = ["rnn_stack", "run_layers", "weights_from_module", "weights_from_flat", "MODES", "GATES"]
 
 # Number of gates stacked along dim 0 of w_ih / w_hh, per mode.
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -50,10 +50,10 @@ def weights_from_module(module):
     return weights
 
 
-def weights_from_flat(module):
-    """weights_from_module's list from ``module._flat_weights``, torch.nn.RNNBase's list of the same tensors,
-    which its forward keeps current (``_update_flat_weights``): no attribute lookups per call."""
-    flat = module._flat_weights
+def weights_from_flat(module, flat=None):
+    """weights_from_module's list from ``flat``, by default ``module._flat_weights``, torch.nn.RNNBase's list of
+    the same tensors, which its forward keeps current (``_update_flat_weights``): no attribute lookups per call."""
+    flat = module._flat_weights if flat is None else flat
     per_direction = len(flat) // (module.num_layers * (2 if module.bidirectional else 1))
     has_bias, has_proj = bool(module.bias), module.proj_size > 0
     weights = []
@@ -129,6 +129,50 @@ def _split_hx(mode, hx, unbatched):
     return h0, c0
 
 
+def _sizes(mode, weights):
+    """(hidden_size, state_size) from the first layer's w_hh and w_hr; the state is P wide with a projection."""
+    w_hh0, w_hr0 = weights[0][1], weights[0][4]
+    hidden_size = w_hh0.shape[0] // GATES[mode]
+    return hidden_size, (w_hr0.shape[0] if w_hr0 is not None else hidden_size)
+
+
+def run_layers(mode, x, batch_sizes, h0, c0, weights, *, batch, state_size, num_directions, dropout, training,
+               layer):
+    """The layers and directions over time-major input, shared by rnn_stack and the drop-in modules' eager path.
+
+    x: [T, B, I] (batch_sizes None) or packed [N, I]; h0 [L*D, B, P], c0 [L*D, B, H] (LSTM), already in the
+    packed batch order, or both None for zeros. Returns (output [T, B, D*P] or [N, D*P], h_n [L*D, B, P],
+    c_n [L*D, B, H] or None)."""
+    is_lstm = mode == "LSTM"
+    layer_input = x.contiguous()
+    h_n, c_n = [], []
+    for k in range(len(weights) // num_directions):
+        outputs = []
+        for direction in range(num_directions):
+            idx = k * num_directions + direction
+            w_ih, w_hh, b_ih, b_hh, w_hr = (_contiguous(w) for w in weights[idx])
+            if h0 is None:
+                h = x.new_zeros(batch, state_size)
+                c = x.new_zeros(batch, w_hh.shape[0] // 4) if is_lstm else None
+            else:
+                h, c = h0[idx].contiguous(), (c0[idx].contiguous() if is_lstm else None)
+            out, h, c = layer(mode, layer_input, batch_sizes, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, direction == 1)
+            outputs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=-1)
+        # Same place and order as torch.nn (after every layer but the last), so seeded masks agree.
+        if dropout > 0 and training and k < len(weights) // num_directions - 1:
+            layer_input = F.dropout(layer_input, dropout, training=True)
+
+    output = layer_input
+    if num_directions == 1 and (output.requires_grad or torch.jit.is_tracing()):  # one graph for jit.trace
+        # The last layer op's own output, which its backward reads: the caller gets a copy, so an in-place op on
+        # it (`out += residual`) trains as with torch.nn's CPU GRU/RNN instead of failing autograd's version check.
+        output = output.clone()
+    return output, _stack(h_n), (_stack(c_n) if is_lstm else None)
+
+
 def rnn_stack(
     mode,
     input,
@@ -158,9 +202,7 @@ def rnn_stack(
             f"got {len(weights)}"
         )
     is_lstm = mode == "LSTM"
-    w_hh0, w_hr0 = weights[0][1], weights[0][4]
-    hidden_size = w_hh0.shape[0] // GATES[mode]
-    state_size = w_hr0.shape[0] if w_hr0 is not None else hidden_size
+    hidden_size, state_size = _sizes(mode, weights)
 
     # Normalise the input to time-major [T, B, I] or packed [N, I] + batch_sizes.
     packed = isinstance(input, PackedSequence)
@@ -183,15 +225,13 @@ def rnn_stack(
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-    # Initial states [L*D, B, P] / [L*D, B, H], permuted into the packed (longest-first) batch order.
-    states = num_layers * num_directions
-    if hx is None:
-        h0 = x.new_zeros(states, batch, state_size)
-        c0 = x.new_zeros(states, batch, hidden_size) if is_lstm else None
-    else:
+    # Initial states [L*D, B, P] / [L*D, B, H], permuted into the packed (longest-first) batch order; None: zeros.
+    h0 = c0 = None
+    if hx is not None:
         h0, c0 = _split_hx(mode, hx, unbatched)
         if packed:
             batch = packed_batch(input, h0.shape[1])
+        states = num_layers * num_directions
         _check_state("h_0" if is_lstm else "hidden", h0, (states, batch, state_size), x)
         if is_lstm:
             _check_state("c_0", c0, (states, batch, hidden_size), x)
@@ -199,40 +239,8 @@ def rnn_stack(
             h0 = h0.index_select(1, sorted_indices)
             c0 = None if c0 is None else c0.index_select(1, sorted_indices)
 
-    layer_input = x.contiguous()
-    h_n, c_n = [], []
-    for k in range(num_layers):
-        outputs = []
-        for direction in range(num_directions):
-            idx = k * num_directions + direction
-            w_ih, w_hh, b_ih, b_hh, w_hr = (_contiguous(w) for w in weights[idx])
-            out, h, c = layer(
-                mode,
-                layer_input,
-                batch_sizes,
-                h0[idx].contiguous(),
-                c0[idx].contiguous() if is_lstm else None,
-                w_ih,
-                w_hh,
-                b_ih,
-                b_hh,
-                w_hr,
-                direction == 1,
-            )
-            outputs.append(out)
-            h_n.append(h)
-            c_n.append(c)
-        layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=-1)
-        # Same place and order as torch.nn (after every layer but the last), so seeded masks agree.
-        if dropout > 0 and training and k < num_layers - 1:
-            layer_input = F.dropout(layer_input, dropout, training=True)
-
-    output = layer_input
-    if num_directions == 1 and (output.requires_grad or torch.jit.is_tracing()):  # one graph for jit.trace
-        # The last layer op's own output, which its backward reads: the caller gets a copy, so an in-place op on
-        # it (`out += residual`) trains as with torch.nn's CPU GRU/RNN instead of failing autograd's version check.
-        output = output.clone()
-    h_n, c_n = _stack(h_n), (_stack(c_n) if is_lstm else None)
+    output, h_n, c_n = run_layers(mode, x, batch_sizes, h0, c0, weights, batch=batch, state_size=state_size,
+                                  num_directions=num_directions, dropout=dropout, training=training, layer=layer)
     if unsorted_indices is not None:
         h_n = h_n.index_select(1, unsorted_indices)
         c_n = None if c_n is None else c_n.index_select(1, unsorted_indices)
