@@ -183,6 +183,10 @@ def cpu_cases():
     # Hidden sizes off the SIMD panels' width (64 floats with AVX-512): their weights fill a padded last panel.
     for H in (20, 100):
         cases += rnn_cases(("lstm", "gru"), 4, 100, H, ("fwdbwd",), ("fp32",))
+    # One step a call, as in token-by-token decoding, and small cells: where a call's fixed cost (the Python and
+    # dispatch around the op) shows most.
+    cases += rnn_cases(OPS["rnn"], 1, 1, 256, ("infer", "fwdbwd"), ("fp32",))
+    cases += cell_cases(OPS["cell"], 4, 32, ("fwd", "fwdbwd"), ("fp32",))
     # From L = 32, where a fixed per-call cost (Python around the kernel) shows most.
     for L in (32, 64, 128, 256, 512, 1024):
         cases += attn_cases(2, 4, L, 64, ("fwd", "bwd"), ("fp32",), sweep="seqlen")
