@@ -233,8 +233,8 @@ def test_vmap_over_an_ensemble_and_over_inputs(mode, grad):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
 def test_no_grad_and_inference_mode_give_the_training_forward_values(mode, context):
-    # Without grad the layer ops are called below their autograd kernel (call_op): the same numbers (LSTM: to
-    # rounding, as its no-grad CPU forward is oneDNN's fused LSTM), and no graph.
+    # Without grad the layer ops are called below their autograd kernel (call_op): the same kernels, the same
+    # numbers, and no graph (LSTM too: a batch of 3 is under the batch at which CPU inference takes oneDNN).
     _, ours = module_pair(mode, num_layers=2, bidirectional=True)
     x = torch.randn(T, B, I)
     expected = ours(x)
@@ -242,10 +242,43 @@ def test_no_grad_and_inference_mode_give_the_training_forward_values(mode, conte
         actual = ours(x)
     for a, e in zip(torch.utils._pytree.tree_leaves(actual), torch.utils._pytree.tree_leaves(expected)):
         assert not a.requires_grad
-        if mode == "LSTM":
-            torch.testing.assert_close(a, e)
-        else:  # the same kernels with and without grad
-            torch.testing.assert_close(a, e, rtol=0, atol=0)
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("setting,dtype,batch,steps,hidden,onednn", [
+    # auto: float32 takes oneDNN at a batch of 8 or more over max(64, weight elements / 1024) rows
+    ("auto", torch.float32, 1, 1, 256, False),      # decoding: oneDNN measured 5x slower
+    ("auto", torch.float32, 4, 64, 256, False),     # a batch under 8
+    ("auto", torch.float32, 32, 1, 512, False),     # 32 rows, under 2^21 / 1024 = 2048
+    ("auto", torch.float32, 32, 64, 512, True),     # 2048 rows
+    ("auto", torch.float32, 8, 8, 6, True),         # 64 rows of small weights
+    ("auto", torch.float32, 8, 7, 6, False),        # 56
+    ("auto", torch.bfloat16, 1, 1, 256, True),      # bfloat16: always (seqops computes it in float32)
+    ("onednn", torch.float32, 1, 1, 256, True),
+    ("fused", torch.float32, 32, 64, 512, False),
+    ("fused", torch.bfloat16, 8, 8, 6, False),
+])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_cpu_lstm_inference_takes_onednn_where_it_pays(monkeypatch, setting, dtype, batch, steps, hidden, onednn,
+                                                       batch_first):
+    monkeypatch.setattr(rnn_layer, "CPU_LSTM_INFERENCE", setting)
+    calls = []
+    monkeypatch.setattr(rnn_layer, "_onednn_lstm", lambda *args: calls.append("layer") or None)
+    stack = seqops.nn.rnn._SeqopsRNNBase._onednn_lstm_stack
+    monkeypatch.setattr(seqops.nn.rnn._SeqopsRNNBase, "_onednn_lstm_stack",
+                        lambda *args: calls.append("stack") or stack(*args))
+    torch.manual_seed(0)
+    theirs = nn.LSTM(hidden, hidden, batch_first=batch_first).to(dtype).eval()
+    ours = seqops.LSTM(hidden, hidden, batch_first=batch_first).to(dtype).eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(*((batch, steps) if batch_first else (steps, batch)), hidden, dtype=dtype)
+    with torch.no_grad():
+        actual, expected = ours(x), theirs(x)
+    assert calls == (["stack"] if onednn else [])
+    if onednn:
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    elif dtype == torch.float32:  # seqops' kernels: float32's rounding
+        torch.testing.assert_close(actual, expected)
 
 
 _WEIGHT_LAYOUTS = [{}, {"bias": False}, {"num_layers": 3, "bidirectional": True},
@@ -738,14 +771,15 @@ def test_cuda_backward_in_eval_mode_where_cudnn_refuses():
     assert x.grad is not None and all(p.grad is not None for p in ours.parameters())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype,batch", [(torch.float32, 16), (torch.bfloat16, B)])
 @pytest.mark.parametrize("with_hx", [False, True])
-def test_lstm_cpu_inference_is_torch_nn_exactly(dtype, with_hx):
-    # CPU LSTM inference runs the whole stack in torch's fused oneDNN LSTM, as torch.nn does: same numbers.
+def test_lstm_cpu_inference_is_torch_nn_exactly(dtype, batch, with_hx):
+    # Where CPU LSTM inference runs the whole stack in torch's fused oneDNN LSTM (float32 over a batch of 8 or
+    # more and at least 64 rows here; bfloat16 always), as torch.nn does: the same numbers.
     theirs, ours = module_pair("LSTM", num_layers=2, bidirectional=True, batch_first=True)
     theirs, ours = theirs.to(dtype).eval(), ours.to(dtype).eval()
-    x = torch.randn(B, T, I, dtype=dtype)
-    hx = (torch.randn(4, B, H, dtype=dtype), torch.randn(4, B, H, dtype=dtype)) if with_hx else None
+    x = torch.randn(batch, T, I, dtype=dtype)
+    hx = (torch.randn(4, batch, H, dtype=dtype), torch.randn(4, batch, H, dtype=dtype)) if with_hx else None
     with torch.no_grad():
         out, (h, c) = ours(x, hx)
         out_nn, (h_nn, c_nn) = theirs(x, hx)

@@ -103,8 +103,8 @@ class _SeqopsRNNBase(AdoptsSharedBackwardHooks, nn.RNNBase):
             return False
         if self.training and self.dropout > 0:
             return False  # seqops' dropout between layers, the same for every mode
-        states = () if hx is None else tuple(hx)
-        return _onednn_lstm_applies(input, None, (input, *states, *flat), None)
+        states = tuple(hx) if hx is not None and len(hx) == 2 else (None, None)
+        return _onednn_lstm_applies(input, None, (input, *states, *flat), None, self.batch_first)
 
     def _onednn_lstm_stack(self, input, hx, flat):
         if hx is None:

@@ -190,12 +190,18 @@ register_autograd("rnn_layer_forward", _rnn_backward, setup_context=_rnn_setup, 
 
 
 # LSTM inference on the CPU: oneDNN's fused LSTM (torch's own CPU backend, through aten::lstm) runs the
-# whole layer in one primitive with JIT GEMMs; measured on a 2-core AMD EPYC at B=32, T=100, I=H=256 (fp32,
-# 2 threads, paired interleaved runs), seqops' fused packed-panel path reached 0.83-0.86x of it. So where it
-# applies, inference uses it ("onednn"); "fused" forces seqops' own kernels. Training runs seqops' kernels
-# (1.03-1.17x torch.nn's there, median 1.13x over 6 runs at 79273e1).
-# Set with SEQOPS_CPU_LSTM_INFERENCE=onednn|fused, or assign this variable.
-CPU_LSTM_INFERENCE = os.environ.get("SEQOPS_CPU_LSTM_INFERENCE", "onednn")
+# whole layer in one primitive with JIT GEMMs, and reorders its weights on every call. Against seqops'
+# packed-panel kernels (2-core AMD EPYC Zen 4, fp32, 2 threads, the two routes interleaved in one process;
+# ratio = oneDNN's time / seqops'): over many rows of a large batch it is 5-15% faster (B=32 T=100 H=256
+# 0.85, H=512 0.91; B=16 T=100 H=128 0.85), but at a small batch or a short sequence its per-call cost
+# dominates: B=1 T=1 H=256 5.1 (0.59 ms against 0.12), H=512 14.4, H=1024 11.4; B=2 T=64 H=256 2.0; B=32 T=1
+# H=512 3.8; B=16 T=16 H=1024 1.8. So "auto" (the default) takes oneDNN for float32 only at a batch of at least
+# 8 and at least max(64, weight elements / 1024) rows (_onednn_lstm_pays; the largest loss measured where it
+# declines oneDNN: B=128 T=1 H=256, 0.83), and for bfloat16 always (seqops computes CPU bf16 in float32: oneDNN
+# measured 1.5-3.5x faster at every shape tried). "onednn" takes it wherever it applies, "fused" never.
+# Training runs seqops' kernels (1.03-1.17x torch.nn's there, median 1.13x over 6 runs at 79273e1).
+# Set with SEQOPS_CPU_LSTM_INFERENCE=auto|onednn|fused, or assign this variable.
+CPU_LSTM_INFERENCE = os.environ.get("SEQOPS_CPU_LSTM_INFERENCE", "auto")
 
 
 def _onednn_dtypes():
@@ -222,7 +228,20 @@ def onednn_takes(input):
     return input.dtype != torch.float16 or not torch.is_grad_enabled()
 
 
-def _onednn_lstm_applies(input, batch_sizes, tensors, w_hr):
+def _onednn_lstm_pays(input, batch_first, w_ih, w_hh):
+    """Whether CPU_LSTM_INFERENCE sends this unpacked [T, B, I] (or batch-first) input with these first-layer
+    weights to oneDNN's fused LSTM (see CPU_LSTM_INFERENCE)."""
+    if CPU_LSTM_INFERENCE != "auto":
+        return CPU_LSTM_INFERENCE == "onednn"
+    if input.dtype != torch.float32:
+        return True
+    batch, steps = (input.size(0), input.size(1)) if batch_first else (input.size(1), input.size(0))
+    return batch >= 8 and batch * steps >= max(64, (w_ih.numel() + w_hh.numel()) // 1024)
+
+
+def _onednn_lstm_applies(input, batch_sizes, tensors, w_hr, batch_first=False):
+    """Whether this LSTM inference call runs oneDNN's fused LSTM. tensors: (input, hx, cx, w_ih, w_hh, ...): the
+    first layer's weights at 3 and 4 (hx, cx may be None)."""
     # Tracers first: a compiled graph holds seqops' op (the oneDNN queries are read at import), and a
     # torch.jit.trace, checked with grad off, must record the op it recorded with grad on. torch.func
     # transforms (vmap) have no batching rule for aten::lstm: seqops' op has one.
@@ -230,7 +249,7 @@ def _onednn_lstm_applies(input, batch_sizes, tensors, w_hr):
         not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
         and not torch._C._are_functorch_transforms_active()
-        and CPU_LSTM_INFERENCE == "onednn"
+        and CPU_LSTM_INFERENCE != "fused"
         and input.device.type == "cpu"
         and input.dtype in (torch.float32, torch.bfloat16)
         and batch_sizes is None
@@ -239,6 +258,7 @@ def _onednn_lstm_applies(input, batch_sizes, tensors, w_hr):
         and bool(_ONEDNN_DTYPES)  # oneDNN in this torch
         and torch.backends.mkldnn.enabled
         and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+        and _onednn_lstm_pays(input, batch_first, tensors[3], tensors[4])
     )
 
 
