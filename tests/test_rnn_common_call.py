@@ -10,6 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import seqops
 import seqops.nn.cells as cells_module
 import seqops.nn.rnn as rnn_module
+import seqops.ops._cell_args as cell_args
 from seqops.ops._autograd import plain_eager
 
 from rnn_module_cases import B, I, LENGTHS, MODES, P, T, make_inputs, module_pair, run  # isort: skip
@@ -45,10 +46,10 @@ def _count_full_path_calls(monkeypatch, module, gate_name, sent_to_full_path):
     calls = []
     gate = getattr(module, gate_name)
 
-    def counted(owner, input, states):
-        answer = gate(owner, input, states)
+    def counted(*args):
+        answer = gate(*args)
         if sent_to_full_path(answer):
-            calls.append(type(owner).__name__)
+            calls.append(args)
         return answer
 
     monkeypatch.setattr(module, gate_name, counted)
@@ -217,8 +218,15 @@ def _cell_pair(name, **kwargs):
 
 @pytest.fixture
 def full_cell_calls(monkeypatch):
-    """The cells' calls that their lean-path gate (_common_call) sent to the full path."""
-    return _count_full_path_calls(monkeypatch, cells_module, "_common_call", lambda common: not common)
+    """The cell modules' calls that their lean-path gate (common_cell_call) sent to the full path."""
+    return _count_full_path_calls(monkeypatch, cells_module, "common_cell_call", lambda common: not common)
+
+
+@pytest.fixture
+def full_functional_calls(monkeypatch):
+    """The functional cells' calls that their lean-path gate (with_lean_path's common_cell_call) sent to the
+    full path."""
+    return _count_full_path_calls(monkeypatch, cell_args, "common_cell_call", lambda common: not common)
 
 
 def _cell_run(cell, name, x, hx):
@@ -252,7 +260,7 @@ def test_common_cell_calls_take_the_lean_path_and_match_torch_nn(full_cell_calls
     lean = _cell_run(ours, name, x, hx)
     assert full_cell_calls == []
     torch.testing.assert_close(lean, expected)
-    monkeypatch.setattr(cells_module, "_common_call", lambda *args: False)
+    monkeypatch.setattr(cells_module, "common_cell_call", lambda *args: False)
     torch.testing.assert_close(lean, _cell_run(ours, name, x, hx), rtol=0, atol=0)
 
 
@@ -285,3 +293,67 @@ def test_other_cell_calls_take_the_full_path_like_torch_nn(full_cell_calls, name
         call = lambda cell: cell(*args)  # noqa: E731
     _assert_same_outcome(call, theirs, ours, raises, low_precision=case == "autocast")
     assert full_cell_calls, f"{case}: the call did not reach the full path"
+
+
+FUNCTIONAL = {"lstm_cell": torch.lstm_cell, "gru_cell": torch.gru_cell, "rnn_tanh_cell": torch.rnn_tanh_cell,
+              "rnn_relu_cell": torch.rnn_relu_cell}
+
+
+def _functional_args(name, batched=True, dtype=torch.float64):
+    torch.manual_seed(0)
+    gates = {"lstm_cell": 4, "gru_cell": 3}.get(name, 1)
+    x = torch.randn(*((B,) if batched else ()), I, dtype=dtype, requires_grad=True)
+    h = torch.randn(*((B,) if batched else ()), 6, dtype=dtype, requires_grad=True)
+    hx = (h, torch.randn_like(h).requires_grad_()) if name == "lstm_cell" else h
+    weights = [torch.randn(gates * 6, I, dtype=dtype, requires_grad=True),
+               torch.randn(gates * 6, 6, dtype=dtype, requires_grad=True),
+               torch.randn(gates * 6, dtype=dtype, requires_grad=True),
+               torch.randn(gates * 6, dtype=dtype, requires_grad=True)]
+    return x, hx, weights
+
+
+def _functional_run(fn, x, hx, weights):
+    out = fn(x, hx, *weights)
+    outs = out if isinstance(out, tuple) else (out,)
+    leaves = [x, *(hx if isinstance(hx, tuple) else (hx,)), *weights]
+    return outs, torch.autograd.grad([o.sum() * (k + 1) for k, o in enumerate(outs)], leaves)
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONAL))
+def test_common_functional_cell_calls_take_the_lean_path(full_functional_calls, monkeypatch, name):
+    x, hx, weights = _functional_args(name)
+    expected = _functional_run(FUNCTIONAL[name], x, hx, weights)
+    lean = _functional_run(getattr(seqops, name), x, hx, weights)
+    assert full_functional_calls == []
+    torch.testing.assert_close(lean, expected)
+    monkeypatch.setattr(cell_args, "common_cell_call", lambda *args: False)
+    torch.testing.assert_close(lean, _functional_run(getattr(seqops, name), x, hx, weights), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONAL))
+@pytest.mark.parametrize("case", ["unbatched", "autocast", "state not a pair or tensor", "keyword arguments"])
+def test_other_functional_cell_calls_take_the_full_path(full_functional_calls, name, case):
+    x, hx, weights = _functional_args(name, batched=case != "unbatched", dtype=torch.float32)
+    theirs, ours = FUNCTIONAL[name], getattr(seqops, name)
+    if case == "autocast":
+        def call(fn):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fn(x, hx, *weights)
+    elif case == "state not a pair or tensor":
+        def call(fn):
+            return fn(x, [hx] if name != "lstm_cell" else hx[0], *weights)
+    elif case == "keyword arguments":  # the lean path by keyword
+        def call(fn):
+            return fn(input=x, hx=hx, w_ih=weights[0], w_hh=weights[1], b_ih=weights[2], b_hh=weights[3])
+        theirs = getattr(seqops, name)
+    else:
+        def call(fn):
+            return fn(x, hx, *weights)
+    if case == "unbatched":  # torch's functional cells take batched input only: theirs on a batch of one
+        def theirs(x, hx, *weights, fn=theirs):
+            states = tuple(s.unsqueeze(0) for s in hx) if isinstance(hx, tuple) else hx.unsqueeze(0)
+            out = fn(x.unsqueeze(0), states, *weights)
+            return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
+    _assert_same_outcome(call, theirs, ours, raises=case == "state not a pair or tensor",
+                         low_precision=case == "autocast")
+    assert bool(full_functional_calls) == (case != "keyword arguments")

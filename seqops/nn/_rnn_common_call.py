@@ -12,11 +12,11 @@ Every other call, valid or not, takes the full path, whose checks and errors are
 
 import torch
 
-from seqops.ops._autograd import plain_eager
+from seqops.ops._autograd import plain_tensor, plain_tensor_call
 from seqops.ops.rnn_layer import eager_rnn_layer
 from seqops.ops.rnn_stack import run_layers, weights_from_flat
 
-__all__ = ["common_call_weights", "forward_common", "plain_tensor_call"]
+__all__ = ["common_call_weights", "forward_common"]
 
 # CPU dtypes the layer ops run as they are; fp16/bf16 go through float32 on the full path (rnn_layer._in_fp32).
 _CPU_DTYPES = (torch.float32, torch.float64)
@@ -32,7 +32,7 @@ def _registered_weights(module):
 
 
 def _state_fits(state, input, shape):
-    return type(state) is torch.Tensor and state.shape == shape and state.dtype == input.dtype and (
+    return plain_tensor(state) and state.shape == shape and state.dtype == input.dtype and (
         state.device == input.device)
 
 
@@ -46,16 +46,6 @@ def _states_fit(module, input, hx):
         return _state_fits(hx, input, (states, batch, state_size))
     return (type(hx) in (tuple, list) and len(hx) == 2 and _state_fits(hx[0], input, (states, batch, state_size))
             and _state_fits(hx[1], input, (states, batch, module.hidden_size)))
-
-
-def plain_tensor_call(input):
-    """Whether a module is called in plain eager mode (plain_eager) on a torch.Tensor (not a subclass, such as
-    torch.export's fake tensors) on the CPU or a CUDA device, with autocast off there."""
-    if not plain_eager() or type(input) is not torch.Tensor:
-        return False
-    if input.is_cpu:
-        return not torch.is_autocast_enabled("cpu")
-    return input.is_cuda and not torch.is_autocast_enabled("cuda")
 
 
 def common_call_weights(module, input, hx):

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 # The fused cell ops are looked up on seqops at call time: seqops/__init__ imports this module first.
 import seqops
-from seqops.nn._rnn_common_call import plain_tensor_call
 from seqops.nn._shared_hooks import AdoptsSharedBackwardHooks
+from seqops.ops._cell_args import common_cell_call
 from seqops.ops.gru_cell import eager_gru_cell
 from seqops.ops.lstm_cell import eager_lstm_cell
 from seqops.ops.rnn_cell import eager_rnn_cell
@@ -29,17 +29,6 @@ def _zeros_state(cell, input):
     return torch.zeros(input.size(0), cell.hidden_size, dtype=input.dtype, device=input.device)
 
 
-def _common_call(cell, input, states):
-    """Whether the lean path serves this call (states: a tuple, None for an hx of another kind): a plain tensor
-    call (plain_tensor_call) on a batched [B, I] input with 2-D tensor states, H > 0. There the full path's own
-    handling (torch.nn's dimension checks, unbatched input, autocast, hidden size 0) changes nothing, and the op's
-    checks, the same on both paths, serve the rest. It cost ~8 us a call, a third of a small RNNCell's (B=4,
-    H=32, no grad: 27 us against torch.nn's 17-20; 2-core Zen 4)."""
-    if states is None or not plain_tensor_call(input) or input.dim() != 2 or cell.hidden_size == 0:
-        return False
-    return all(type(state) is torch.Tensor and state.dim() == 2 for state in states)
-
-
 def _run_cell(op, cell, input, hx):
     """``op(input, hx, w_ih, w_hh, b_ih, b_hh)``; the functional ops handle autocast themselves (with_autocast)."""
     return op(input, hx, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
@@ -50,11 +39,11 @@ class LSTMCell(AdoptsSharedBackwardHooks, nn.LSTMCell):
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         states = () if hx is None else tuple(hx) if type(hx) in (tuple, list) and len(hx) == 2 else None
-        if _common_call(self, input, states):
+        if common_cell_call(input, states, self.weight_hh):
             if hx is None:
                 zeros = _zeros_state(self, input)
-                hx = (zeros, zeros)
-            return eager_lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+                states = (zeros, zeros)
+            return eager_lstm_cell(input, states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         _check_dims("LSTMCell", "input", input)
         if hx is not None:
             for idx, state in enumerate(hx):
@@ -79,12 +68,12 @@ class _SingleStateCell(AdoptsSharedBackwardHooks):
     def _cell_op(self):
         raise NotImplementedError
 
-    def _eager_cell(self, input, hx):
+    def _eager_cell(self, input, states):
         raise NotImplementedError
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        if _common_call(self, input, () if hx is None else (hx,)):
-            return self._eager_cell(input, _zeros_state(self, input) if hx is None else hx)
+        if common_cell_call(input, () if hx is None else (hx,), self.weight_hh):
+            return self._eager_cell(input, (_zeros_state(self, input) if hx is None else hx,))
         name = type(self).__name__
         _check_dims(name, "input", input)
         if hx is not None:
@@ -106,8 +95,8 @@ class GRUCell(_SingleStateCell, nn.GRUCell):
     def _cell_op(self):
         return seqops.gru_cell
 
-    def _eager_cell(self, input, hx):
-        return eager_gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+    def _eager_cell(self, input, states):
+        return eager_gru_cell(input, states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
 
 class RNNCell(_SingleStateCell, nn.RNNCell):
@@ -120,8 +109,8 @@ class RNNCell(_SingleStateCell, nn.RNNCell):
             return seqops.rnn_relu_cell
         raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
 
-    def _eager_cell(self, input, hx):
+    def _eager_cell(self, input, states):
         if self.nonlinearity not in ("tanh", "relu"):
-            return _run_cell(self._cell_op(), self, input, hx)  # its error
+            return _run_cell(self._cell_op(), self, input, states[0])  # its error
         relu = self.nonlinearity == "relu"
-        return eager_rnn_cell(relu, input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return eager_rnn_cell(relu, input, states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)

@@ -118,6 +118,21 @@ def plain_eager():
                 or torch.autograd.forward_ad._current_level >= 0)
 
 
+def plain_tensor(value):
+    """A torch.Tensor or nn.Parameter, not another subclass (torch.export's fake tensors, DTensor, ...)."""
+    return type(value) in (torch.Tensor, torch.nn.Parameter)
+
+
+def plain_tensor_call(input):
+    """Whether an op or module is called in plain eager mode (plain_eager) on a plain tensor (plain_tensor) on
+    the CPU or a CUDA device, with autocast off there: where the drop-ins' lean paths may serve it."""
+    if not plain_eager() or not plain_tensor(input):
+        return False
+    if input.is_cpu:
+        return not torch.is_autocast_enabled("cpu")
+    return input.is_cuda and not torch.is_autocast_enabled("cuda")
+
+
 def eager_call(op, *args):
     """call_op(op, *args) in plain eager mode (plain_eager): below the op's autograd kernel without a graph to
     record, else through _EagerAutograd."""

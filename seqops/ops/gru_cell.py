@@ -12,7 +12,7 @@ from seqops.ops._autograd import (
     workspace_outputs,
     zeros_if_none,
 )
-from seqops.ops._cell_args import batch_cell_args, call_cell_op, check_cell_args
+from seqops.ops._cell_args import batch_cell_args, call_cell_op, check_cell_args, with_lean_path
 from seqops.ops.fake_devices import contiguous_like, on_one_device
 
 _ops = torch.ops.seqops
@@ -58,6 +58,12 @@ register_autograd("gru_cell_forward", _backward, setup_context=_setup_context,
                   differentiable=lambda *args: (*_reference_cell(*args), None, None))
 
 
+def eager_gru_cell(input, states, w_ih, w_hh, b_ih, b_hh):
+    """gru_cell on its lean path (common_cell_call); states: (h,)."""
+    return eager_call(_ops.gru_cell_forward, input, *states, w_ih, w_hh, b_ih, b_hh)[0]
+
+
+@with_lean_path(eager_gru_cell)
 @with_autocast(carried_state=lambda input, hx, *args, **kwargs: hx)
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One GRU step, like ``torch.gru_cell``: ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``.
@@ -71,8 +77,3 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     else:
         h1, _, _ = call_cell_op(_ops.gru_cell_forward, w_hh.shape[-1], input, hx, w_ih, w_hh, b_ih, b_hh)
     return h1.squeeze(0) if unbatched else h1
-
-
-def eager_gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh):
-    """gru_cell for the drop-in cell's lean path (as eager_lstm_cell)."""
-    return eager_call(_ops.gru_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh)[0]

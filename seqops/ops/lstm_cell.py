@@ -13,7 +13,7 @@ from seqops.ops._autograd import (
     workspace_outputs,
     zeros_if_none,
 )
-from seqops.ops._cell_args import batch_cell_args, call_cell_op, check_cell_args, lstm_states
+from seqops.ops._cell_args import batch_cell_args, call_cell_op, check_cell_args, lstm_states, with_lean_path
 from seqops.ops.fake_devices import contiguous_like, on_one_device
 
 _ops = torch.ops.seqops
@@ -60,7 +60,14 @@ register_autograd("lstm_cell_forward", _backward, setup_context=_setup_context,
                   differentiable=lambda *args: (*_reference_cell(*args), None))
 
 
+def eager_lstm_cell(input, states, w_ih, w_hh, b_ih, b_hh):
+    """lstm_cell's (h1, c1) on its lean path (common_cell_call); states: (h, c)."""
+    h1, c1, _ = eager_call(_ops.lstm_cell_forward, input, *states, w_ih, w_hh, b_ih, b_hh)
+    return h1, c1
+
+
 # c is the state torch's CPU lstm_cell carries through its pointwise math: it decides the result dtype.
+@with_lean_path(eager_lstm_cell, lstm=True)
 @with_autocast(carried_state=lambda input, hx, *args, **kwargs: lstm_states(hx)[1])
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One LSTM step, like ``torch.lstm_cell``: returns ``(h1, c1)``.
@@ -77,11 +84,4 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
         h1, c1, _ = call_cell_op(_ops.lstm_cell_forward, w_hh.shape[-1], input, h, c, w_ih, w_hh, b_ih, b_hh)
     if unbatched:
         return h1.squeeze(0), c1.squeeze(0)
-    return h1, c1
-
-
-def eager_lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    """lstm_cell's (h1, c1) for the drop-in cell's lean path: batched [B, I] input and [B, H] states, H > 0, in
-    plain eager mode (plain_eager) with autocast off, where lstm_cell's own handling would change nothing."""
-    h1, c1, _ = eager_call(_ops.lstm_cell_forward, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
     return h1, c1

@@ -1,12 +1,14 @@
 """seqops.rnn_tanh_cell / rnn_relu_cell: torch's vanilla RNN cells, fused forward and backward."""
 
+import functools
+
 import torch
 
 from seqops import reference
 from seqops.nn._autocast import with_autocast
 from seqops.ops import onnx_export
 from seqops.ops._autograd import bias_grads, double_backward_through, eager_call, register_autograd
-from seqops.ops._cell_args import batch_cell_args, call_cell_op, check_cell_args
+from seqops.ops._cell_args import batch_cell_args, call_cell_op, check_cell_args, with_lean_path
 from seqops.ops.fake_devices import contiguous_like, on_one_device
 
 _ops = torch.ops.seqops
@@ -61,18 +63,20 @@ def _rnn_cell(name, relu, input, hx, w_ih, w_hh, b_ih, b_hh):
     return h1.squeeze(0) if unbatched else h1
 
 
+def eager_rnn_cell(relu, input, states, w_ih, w_hh, b_ih, b_hh):
+    """rnn_tanh_cell / rnn_relu_cell on their lean path (common_cell_call); states: (h,)."""
+    return eager_call(_ops.rnn_cell_forward, input, *states, w_ih, w_hh, b_ih, b_hh, relu)
+
+
+@with_lean_path(functools.partial(eager_rnn_cell, False))
 @with_autocast
 def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One vanilla RNN step, like ``torch.rnn_tanh_cell``: ``tanh(W_ih x + b_ih + W_hh h + b_hh)``."""
     return _rnn_cell("rnn_tanh_cell", False, input, hx, w_ih, w_hh, b_ih, b_hh)
 
 
+@with_lean_path(functools.partial(eager_rnn_cell, True))
 @with_autocast
 def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One vanilla RNN step, like ``torch.rnn_relu_cell``: ``relu(W_ih x + b_ih + W_hh h + b_hh)``."""
     return _rnn_cell("rnn_relu_cell", True, input, hx, w_ih, w_hh, b_ih, b_hh)
-
-
-def eager_rnn_cell(relu, input, hx, w_ih, w_hh, b_ih, b_hh):
-    """rnn_tanh_cell / rnn_relu_cell for the drop-in cell's lean path (as eager_lstm_cell)."""
-    return eager_call(_ops.rnn_cell_forward, input, hx, w_ih, w_hh, b_ih, b_hh, relu)
