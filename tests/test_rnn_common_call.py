@@ -144,6 +144,7 @@ def _other_calls():
     yield "empty sequence", "GRU", same_call(torch.randn(0, B, I)), True
     yield "input of another dtype", "GRU", same_call(x.double()), True
     yield "input not a tensor", "RNN_TANH", same_call(x.tolist()), True
+    yield "hidden_size set past the weights' size", "GRU", "hidden_size=7", True
 
 
 @pytest.mark.parametrize("name,mode,call,raises", [pytest.param(*c, id=c[0]) for c in _other_calls()])
@@ -156,6 +157,9 @@ def test_other_calls_take_the_full_path_like_torch_nn(full_path_calls, name, mod
         def call(module):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return module(torch.randn(T, B, I))
+    elif call == "hidden_size=7":
+        theirs.hidden_size = ours.hidden_size = 7
+        call = lambda module: module(torch.randn(T, B, I), torch.randn(1, B, 7))  # noqa: E731
     elif call == "weight_norm":
         for module in (theirs, ours):
             nn.utils.parametrizations.weight_norm(module, "weight_hh_l0")

@@ -787,6 +787,27 @@ def test_lstm_cpu_inference_is_torch_nn_exactly(dtype, batch, with_hx):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_batch_first_output_is_a_view_where_torch_nn_s_is(mode, bidirectional, grad):
+    # torch.nn's CPU LSTM returns a transposed view; its GRU and RNN transpose their result in place, so
+    # `out.detach_()` (which refuses views) works on theirs, and must on ours.
+    theirs, ours = module_pair(mode, batch_first=True, bidirectional=bidirectional)
+    x = torch.randn(B, T, I)
+    with torch.set_grad_enabled(grad):
+        actual, expected = ours(x)[0], theirs(x)[0]
+    assert (actual._base is None) == (expected._base is None) == (mode != "LSTM")
+    assert actual.stride() == expected.stride()
+    torch.testing.assert_close(actual, expected)
+    if mode != "LSTM":
+        actual.detach_()
+        expected.detach_()
+    if grad:  # and the graph still trains
+        ours(x)[0].square().sum().backward()
+        assert all(p.grad is not None for p in ours.parameters())
+
+
 def test_no_warning_on_plain_use():
     _, ours = module_pair("LSTM", num_layers=2, proj_size=P)
     with warnings.catch_warnings():

@@ -14,7 +14,7 @@ import torch
 
 from seqops.ops._autograd import plain_tensor, plain_tensor_call
 from seqops.ops.rnn_layer import eager_rnn_layer
-from seqops.ops.rnn_stack import run_layers, weights_from_flat
+from seqops.ops.rnn_stack import run_layers, state_sizes, time_major_to_batch_first, weights_from_flat
 
 __all__ = ["common_call_weights", "forward_common"]
 
@@ -57,6 +57,8 @@ def common_call_weights(module, input, hx):
     flat = _registered_weights(module)
     if flat is None or flat[0].dtype != input.dtype or flat[0].device != input.device:
         return None
+    if flat[1].dim() != 2 or flat[1].size(1) != (module.proj_size or module.hidden_size):
+        return None  # weights that disagree with the module's sizes: the full path's checks and errors
     return flat if _states_fit(module, input, hx) else None
 
 
@@ -66,10 +68,11 @@ def forward_common(module, input, hx, flat):
     x = input.transpose(0, 1) if module.batch_first else input
     h0, c0 = (hx if module.mode == "LSTM" else (hx, None)) if hx is not None else (None, None)
     num_directions = 2 if module.bidirectional else 1
-    state_size = module.proj_size if module.proj_size > 0 else module.hidden_size
-    output, h_n, c_n = run_layers(module.mode, x, None, h0, c0, weights_from_flat(module, flat), batch=x.size(1),
-                                  state_size=state_size, num_directions=num_directions, dropout=module.dropout,
-                                  training=module.training, layer=eager_rnn_layer)
+    weights = weights_from_flat(module, flat)
+    _, state_size = state_sizes(module.mode, weights)  # from the weights, as on the full path (rnn_stack)
+    output, h_n, c_n = run_layers(module.mode, x, None, h0, c0, weights, batch=x.size(1), state_size=state_size,
+                                  num_directions=num_directions, dropout=module.dropout, training=module.training,
+                                  layer=eager_rnn_layer)
     if module.batch_first:
-        output = output.transpose(0, 1)
+        output = time_major_to_batch_first(module.mode, output)
     return (output, (h_n, c_n)) if module.mode == "LSTM" else (output, h_n)

@@ -199,7 +199,8 @@ register_autograd("rnn_layer_forward", _rnn_backward, setup_context=_rnn_setup, 
 # 8 and at least max(64, weight elements / 1024) rows (_onednn_lstm_pays; the largest loss measured where it
 # declines oneDNN: B=128 T=1 H=256, 0.83), and for bfloat16 always (seqops computes CPU bf16 in float32: oneDNN
 # measured 1.5-3.5x faster at every shape tried). "onednn" takes it wherever it applies, "fused" never.
-# Training runs seqops' kernels (1.03-1.17x torch.nn's there, median 1.13x over 6 runs at 79273e1).
+# Decided per call: for a whole stack (the modules' one oneDNN call) on its first layer's weights, for a layer
+# on its own. Training runs seqops' kernels (1.03-1.17x torch.nn's there, median 1.13x over 6 runs at 79273e1).
 # Set with SEQOPS_CPU_LSTM_INFERENCE=auto|onednn|fused, or assign this variable.
 CPU_LSTM_INFERENCE = os.environ.get("SEQOPS_CPU_LSTM_INFERENCE", "auto")
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["rnn_stack", "run_layers", "weights_from_module", "weights_from_flat", "MODES", "GATES"]
+__all__ = ["rnn_stack", "run_layers", "state_sizes", "time_major_to_batch_first", "weights_from_module",
+           "weights_from_flat", "MODES", "GATES"]
 
 # Number of gates stacked along dim 0 of w_ih / w_hh, per mode.
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -129,11 +130,17 @@ def _split_hx(mode, hx, unbatched):
     return h0, c0
 
 
-def _sizes(mode, weights):
+def state_sizes(mode, weights):
     """(hidden_size, state_size) from the first layer's w_hh and w_hr; the state is P wide with a projection."""
     w_hh0, w_hr0 = weights[0][1], weights[0][4]
     hidden_size = w_hh0.shape[0] // GATES[mode]
     return hidden_size, (w_hr0.shape[0] if w_hr0 is not None else hidden_size)
+
+
+def time_major_to_batch_first(mode, output):
+    """[T, B, F] -> [B, T, F] as torch.nn's CPU modules return it: a view for LSTM; GRU and RNN transpose their
+    result in place, not a view, so `out.detach_()` works on it as on torch.nn's."""
+    return output.transpose(0, 1) if mode == "LSTM" else output.transpose_(0, 1)
 
 
 def run_layers(mode, x, batch_sizes, h0, c0, weights, *, batch, state_size, num_directions, dropout, training,
@@ -202,7 +209,7 @@ def rnn_stack(
             f"got {len(weights)}"
         )
     is_lstm = mode == "LSTM"
-    hidden_size, state_size = _sizes(mode, weights)
+    hidden_size, state_size = state_sizes(mode, weights)
 
     # Normalise the input to time-major [T, B, I] or packed [N, I] + batch_sizes.
     packed = isinstance(input, PackedSequence)
@@ -252,5 +259,5 @@ def rnn_stack(
         h_n = h_n.squeeze(1)
         c_n = None if c_n is None else c_n.squeeze(1)
     elif batch_first:
-        output = output.transpose(0, 1)
+        output = time_major_to_batch_first(mode, output)
     return (output, (h_n, c_n)) if is_lstm else (output, h_n)
