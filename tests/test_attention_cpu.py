@@ -143,6 +143,15 @@ COMMON_CPU_CALLS = {
     "three_dims": lambda: ((4, 19, 16), (4, 19, 16), (4, 19, 16), {"is_causal": False, "dropout_p": 0}),
     "interleaved": lambda: (_interleaved(2, 4, 13, 16), _interleaved(2, 4, 13, 16), _interleaved(2, 4, 13, 16), {}),
     "bf16": lambda: tuple(torch.randn(2, 4, 33, 16, dtype=torch.bfloat16) for _ in range(3)) + ({},),
+    "cross_attention": lambda: ((2, 4, 33, 16), (2, 4, 20, 16), (2, 4, 20, 16), {}),
+    "decoding_step": lambda: ((2, 4, 1, 16), (2, 4, 37, 16), (2, 4, 37, 16), {}),
+    "causal_shorter_query": lambda: ((2, 4, 5, 16), (2, 4, 23, 16), (2, 4, 23, 16), {"is_causal": True}),
+    "causal_longer_query": lambda: ((3, 21, 16), (3, 6, 16), (3, 6, 16), {"is_causal": True}),
+    "bool_mask": lambda: ((2, 4, 33, 16), (2, 4, 33, 16), (2, 4, 33, 16), {"attn_mask": torch.rand(33, 33) > 0.2}),
+    # a batch of decoding steps with padded caches: [B, 1, 1, S], True = take part
+    "padding_mask": lambda: ((3, 4, 1, 16), (3, 4, 29, 16), (3, 4, 29, 16),
+                             {"attn_mask": torch.arange(29) < torch.tensor([29, 17, 5]).view(3, 1, 1, 1)}),
+    "head_mask_3d": lambda: ((2, 4, 9, 16), (2, 4, 12, 16), (2, 4, 12, 16), {"attn_mask": torch.rand(4, 9, 12) > 0.3}),
 }
 
 
@@ -153,15 +162,23 @@ def prepared_calls(monkeypatch):
 
 
 @pytest.mark.parametrize("case", list(COMMON_CPU_CALLS))
-def test_common_cpu_calls_go_to_sdpa_before_seqops_checks(prepared_calls, op_route_calls, case):
+def test_common_cpu_calls_go_to_sdpa_before_seqops_checks(monkeypatch, prepared_calls, op_route_calls, case):
     (q, k, v), kwargs = _tensors(COMMON_CPU_CALLS[case])
     ours = seqops.attention(q, k, v, **kwargs)
-    theirs = F.scaled_dot_product_attention(q, k, v, **kwargs)
     assert not prepared_calls and not op_route_calls
-    assert torch.equal(ours, theirs) and ours.stride() == theirs.stride()
+    mask = kwargs.get("attn_mask")
+    if mask is not None and mask.dim() < q.dim():  # SDPA's flash kernel wants it at the query's rank
+        kwargs = {**kwargs, "attn_mask": mask.reshape((1,) * (q.dim() - mask.dim()) + tuple(mask.shape))}
+    theirs = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    monkeypatch.setattr(attention_module, "_common_cpu_call", lambda *args: False)
+    full_route = seqops.attention(q, k, v, **kwargs)
+    assert prepared_calls
     grad = torch.randn_like(ours)
-    for a, b in zip(torch.autograd.grad(ours, (q, k, v), grad), torch.autograd.grad(theirs, (q, k, v), grad)):
-        assert torch.equal(a, b)
+    for other in (theirs, full_route):
+        assert torch.equal(ours, other) and ours.stride() == other.stride()
+        for a, b in zip(torch.autograd.grad(ours, (q, k, v), grad, retain_graph=True),
+                        torch.autograd.grad(other, (q, k, v), grad, retain_graph=True)):
+            assert torch.equal(a, b)
 
 
 def _under(mode_factory, call):
@@ -171,13 +188,19 @@ def _under(mode_factory, call):
 
 # Calls one step from the common one: each must take the full route, with its checks (and errors)
 NOT_COMMON_CPU_CALLS = {
-    "mask": lambda q, k, v: seqops.attention(q, k, v, attn_mask=torch.rand(33, 33) > 0.2),
+    "float_mask": lambda q, k, v: seqops.attention(q, k, v, attn_mask=torch.randn(33, 33)),
+    "one_dim_mask": lambda q, k, v: seqops.attention(q, k, v, attn_mask=torch.rand(33) > 0.2),
+    "mask_and_causal": lambda q, k, v: seqops.attention(q, k, v, attn_mask=torch.rand(33, 33) > 0.2, is_causal=True),
+    "mask_of_other_shape": lambda q, k, v: seqops.attention(q, k, v, attn_mask=torch.rand(33, 20) > 0.2),
     "scale": lambda q, k, v: seqops.attention(q, k, v, scale=0.5),
     "gqa_flag": lambda q, k, v: seqops.attention(q, k, v, enable_gqa=True),
     "dropout": lambda q, k, v: seqops.attention(q, k, v, dropout_p=0.1),
     "numpy_dropout_zero": lambda q, k, v: seqops.attention(q, k, v, dropout_p=np.float64(0.0)),
-    "cross_attention": lambda q, k, v: seqops.attention(q, k[..., :20, :], v[..., :20, :]),
     "value_head_dim": lambda q, k, v: seqops.attention(q, k, v[..., :8]),
+    "key_head_dim": lambda q, k, v: seqops.attention(q[..., :8], k, v),
+    "key_value_lengths_differ": lambda q, k, v: seqops.attention(q, k[..., :20, :], v[..., :21, :]),
+    "broadcast_batch": lambda q, k, v: seqops.attention(q, k[:1], v[:1]),
+    "empty_keys": lambda q, k, v: seqops.attention(q, k[..., :0, :], v[..., :0, :]),
     "float64": lambda q, k, v: seqops.attention(q.double(), k.double(), v.double()),
     "mixed_dtypes": lambda q, k, v: seqops.attention(q, k.double(), v),
     "strided_head_dim": lambda q, k, v: seqops.attention(q.transpose(-1, -2).contiguous().transpose(-1, -2), k, v),
@@ -194,6 +217,9 @@ def test_other_cpu_calls_take_the_full_checks(prepared_calls, case):
     q, k, v = (torch.randn(2, 4, 33, 16) for _ in range(3))
     if case == "mixed_dtypes":
         with pytest.raises(InvalidDtypeError, match="one dtype"):  # refused by the checks, as before
+            NOT_COMMON_CPU_CALLS[case](q, k, v)
+    elif case in ("key_head_dim", "key_value_lengths_differ", "mask_and_causal", "mask_of_other_shape"):
+        with pytest.raises(RuntimeError):  # the full checks' errors (SDPA's kind, a RuntimeError)
             NOT_COMMON_CPU_CALLS[case](q, k, v)
     else:
         NOT_COMMON_CPU_CALLS[case](q, k, v)

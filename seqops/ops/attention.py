@@ -457,29 +457,68 @@ def _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, is_causal, sca
         _mask_broadcasts(attn_mask, (*query.shape[:-1], key.shape[-2])))
 
 
+def _mask_of_query_rank(attn_mask, query):
+    """The mask for SDPA's CPU flash kernel: SDPA wants one of at least 2 dims, and takes its math backend for one
+    of fewer dims than the query's (a [H, L, S] mask on [B, H, L, S] scores): size-1 leading dims, a view."""
+    if attn_mask is None or attn_mask.dim() >= query.dim():
+        return attn_mask
+    return attn_mask.reshape((1,) * (query.dim() - attn_mask.dim()) + tuple(attn_mask.shape))
+
+
+def _common_cpu_mask(attn_mask, query_shape, key_length, is_causal):
+    """A dense boolean CPU mask (True = take part, as SDPA's) of 2 to the query's dims that broadcasts to the scores
+    [..., L, S], with is_causal False: what _prepared accepts as it is and SDPA's flash kernel takes."""
+    if type(attn_mask) is not torch.Tensor or attn_mask.dtype != torch.bool or is_causal is not False:
+        return False
+    if not attn_mask.is_cpu or attn_mask.layout != torch.strided or attn_mask.is_nested:
+        return False
+    mask_shape = attn_mask.shape
+    dims = len(mask_shape)
+    if dims < 2 or dims > len(query_shape):
+        return False
+    scores = (*query_shape[len(query_shape) - dims:-1], key_length)  # right-aligned, as broadcasting
+    return all(m == 1 or m == n for m, n in zip(mask_shape, scores))
+
+
 def _common_cpu_call(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
     """Whether this is the common CPU call that SDPA's CPU flash kernel takes as it is, told in a few attribute
-    reads: three dense CPU tensors of one shape [..., L, E] (3-D or 4-D, not empty) and one flash dtype with
-    unit-stride rows; no mask, no dropout, the default scale, no GQA, a bool is_causal; outside autocast,
+    reads: dense CPU tensors, a query [..., L, E] and a key and value of one shape [..., S, E] with the query's
+    leading dims (3-D or 4-D, none empty: self-attention, cross-attention, a decoding step's L = 1 against its
+    cache), one flash dtype, unit-stride rows; no mask or a boolean one (_common_cpu_mask), no dropout, the
+    default scale, no GQA, a bool is_causal (upper-left aligned where L != S, as SDPA's); outside autocast,
     torch.compile and dispatch modes. Every check of _prepared and _sdpa_runs_cpu_flash holds for such a call,
-    so attention() hands it to SDPA without them: they cost ~10 us of Python a call (at L = 16, B=2 H=4 D=64,
-    28.5 us against SDPA's 14.4; this test instead, 19.8). Anything else takes the full route, its checks and
-    errors."""
+    so attention() hands it to SDPA without them: they cost ~10 us of Python a call, and this test ~2.5 (at
+    L = 16, B=2 H=4 D=64: 28.5 us against SDPA's 14.4 before it; a decoding step at L = 1, S = 128, B=1 H=8
+    D=64: 29.1 us against 12.7). Anything else takes the full route, its checks and errors."""
     # torch.compile first: under it nothing below may run, or Dynamo guards on its size comparisons (a recompile
     # for each new L == S outcome with dynamic shapes). Then the query's device, so a GPU call leaves at once.
-    return (
-        not torch.compiler.is_compiling() and type(query) is torch.Tensor and query.device.type == "cpu"
-        and not is_in_torch_dispatch_mode() and not _INTERPRET and not torch.is_autocast_enabled("cpu")
-        and attn_mask is None and scale is None and enable_gqa is False and (is_causal is False or is_causal is True)
-        and type(dropout_p) in (float, int) and dropout_p == 0
-        and type(key) is torch.Tensor and type(value) is torch.Tensor
-        and not (query.is_nested or key.is_nested or value.is_nested)
-        and key.device.type == "cpu" and value.device.type == "cpu"
-        and query.layout == torch.strided and key.layout == torch.strided and value.layout == torch.strided
-        and query.dtype in attention_cpu.CPU_FLASH_DTYPES and key.dtype == query.dtype and value.dtype == query.dtype
-        and query.dim() in (3, 4) and query.shape == key.shape == value.shape and query.numel() > 0
-        and query.stride(-1) == 1 and key.stride(-1) == 1 and value.stride(-1) == 1
-    )
+    if torch.compiler.is_compiling() or type(query) is not torch.Tensor or not query.is_cpu:
+        return False
+    if type(key) is not torch.Tensor or type(value) is not torch.Tensor or not (key.is_cpu and value.is_cpu):
+        return False
+    if is_in_torch_dispatch_mode() or _INTERPRET or torch.is_autocast_enabled("cpu"):
+        return False
+    if scale is not None or enable_gqa is not False or not (is_causal is False or is_causal is True):
+        return False
+    if type(dropout_p) not in (float, int) or dropout_p != 0:
+        return False
+    if query.is_nested or key.is_nested or value.is_nested:  # before any shape is read
+        return False
+    if query.layout != torch.strided or key.layout != torch.strided or value.layout != torch.strided:
+        return False
+    dtype = query.dtype
+    if dtype not in attention_cpu.CPU_FLASH_DTYPES or key.dtype != dtype or value.dtype != dtype:
+        return False
+    query_shape, key_shape = query.shape, key.shape
+    if len(query_shape) not in (3, 4) or key_shape != value.shape:
+        return False
+    if query_shape[:-2] != key_shape[:-2] or query_shape[-1] != key_shape[-1]:
+        return False
+    if query.numel() == 0 or key.numel() == 0:
+        return False
+    if query.stride(-1) != 1 or key.stride(-1) != 1 or value.stride(-1) != 1:
+        return False
+    return attn_mask is None or _common_cpu_mask(attn_mask, query_shape, key_shape[-2], is_causal)
 
 
 def _mask_within_scores_rank(mask, out_dims, scores_shape, all_3d):
@@ -544,7 +583,8 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     Jagged nested tensors [B, H, j, E] run the packed-sequence kernels (attention_varlen.jagged_attention).
     """
     if _common_cpu_call(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-        return F.scaled_dot_product_attention(query, key, value, is_causal=is_causal)
+        return F.scaled_dot_product_attention(query, key, value, _mask_of_query_rank(attn_mask, query),
+                                              is_causal=is_causal)
     if _any_nested(query, key, value):
         from seqops.ops.attention_varlen import jagged_attention
 
@@ -554,10 +594,6 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     if onnx_export.exporting():
         return onnx_export.attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     if _sdpa_runs_cpu_flash(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-        if attn_mask is not None and attn_mask.dim() < query.dim():
-            # SDPA wants a mask of at least 2 dims, and takes its math backend for one of fewer dims than the
-            # query's (a [H, L, S] mask on [B, H, L, S] scores): size-1 leading dims, a view
-            attn_mask = attn_mask.reshape((1,) * (query.dim() - attn_mask.dim()) + tuple(attn_mask.shape))
-        return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, bool(is_causal), scale=scale,
-                                              enable_gqa=bool(enable_gqa))
+        return F.scaled_dot_product_attention(query, key, value, _mask_of_query_rank(attn_mask, query), 0.0,
+                                              bool(is_causal), scale=scale, enable_gqa=bool(enable_gqa))
     return _attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)[0]
