@@ -166,10 +166,10 @@ def test_common_cpu_calls_go_to_sdpa_before_seqops_checks(monkeypatch, prepared_
     (q, k, v), kwargs = _tensors(COMMON_CPU_CALLS[case])
     ours = seqops.attention(q, k, v, **kwargs)
     assert not prepared_calls and not op_route_calls
-    mask = kwargs.get("attn_mask")
+    mask, sdpa_kwargs = kwargs.get("attn_mask"), kwargs
     if mask is not None and mask.dim() < q.dim():  # SDPA's flash kernel wants it at the query's rank
-        kwargs = {**kwargs, "attn_mask": mask.reshape((1,) * (q.dim() - mask.dim()) + tuple(mask.shape))}
-    theirs = F.scaled_dot_product_attention(q, k, v, **kwargs)
+        sdpa_kwargs = {**kwargs, "attn_mask": mask.reshape((1,) * (q.dim() - mask.dim()) + tuple(mask.shape))}
+    theirs = F.scaled_dot_product_attention(q, k, v, **sdpa_kwargs)
     monkeypatch.setattr(attention_module, "_common_cpu_call", lambda *args: False)
     full_route = seqops.attention(q, k, v, **kwargs)
     assert prepared_calls
@@ -226,7 +226,8 @@ def test_other_cpu_calls_take_the_full_checks(prepared_calls, case):
     assert len(prepared_calls) == 1
 
 
-def test_the_common_call_test_adds_no_recompile_under_dynamic_shapes(monkeypatch):
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_common_call_test_adds_no_recompile_under_dynamic_shapes(monkeypatch, masked):
     # Under torch.compile the test must stop at its mode checks: a size comparison traced there becomes a guard
     # (query length == key length), and each new outcome a recompile that the full route does not have
     from torch._dynamo.testing import CompileCounter
@@ -236,10 +237,12 @@ def test_the_common_call_test_adds_no_recompile_under_dynamic_shapes(monkeypatch
             monkeypatch.setattr(attention_module, "_common_cpu_call", lambda *args: False)
         torch._dynamo.reset()
         counter = CompileCounter()
-        compiled = torch.compile(lambda q, k, v: seqops.attention(q, k, v), dynamic=True, backend=counter)
+        compiled = torch.compile(lambda q, k, v, m: seqops.attention(q, k, v, attn_mask=m), dynamic=True,
+                                 backend=counter)
         for L, S in [(8, 8), (5, 7), (9, 9), (12, 3), (6, 6)]:
             q, k, v = torch.randn(2, 3, L, 8), torch.randn(2, 3, S, 8), torch.randn(2, 3, S, 8)
-            torch.testing.assert_close(compiled(q, k, v), F.scaled_dot_product_attention(q, k, v))
+            m = (torch.arange(S) < torch.tensor([S, 1]).view(2, 1, 1, 1)) if masked else None  # padded keys
+            torch.testing.assert_close(compiled(q, k, v, m), F.scaled_dot_product_attention(q, k, v, attn_mask=m))
         return counter.frame_count
 
     assert frames(fast_path=True) == frames(fast_path=False)
