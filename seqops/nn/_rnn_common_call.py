@@ -24,8 +24,8 @@ _CPU_DTYPES = (torch.float32, torch.float64)
 
 def _registered_weights(module):
     """The weights torch.nn's _update_flat_weights would list, read from the module's registered parameters
-    (a dict lookup, not getattr and a weakref per weight: ~0.5 us against 5.7); None where one is not a registered
-    tensor (a parametrization or weight norm holds it elsewhere)."""
+    (a dict lookup, not getattr and a weakref per weight: 0.7 us against 5.7 for one layer); None where one is
+    not a registered tensor (a parametrization or weight norm holds it elsewhere)."""
     params = module._parameters
     flat = [params.get(name) for name in module._flat_weights_names]
     return None if any(w is None for w in flat) else flat

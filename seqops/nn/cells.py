@@ -11,7 +11,7 @@ from torch import Tensor, nn
 # The fused cell ops are looked up on seqops at call time: seqops/__init__ imports this module first.
 import seqops
 from seqops.nn._shared_hooks import AdoptsSharedBackwardHooks
-from seqops.ops._cell_args import common_cell_call
+from seqops.ops._cell_args import common_cell_call, lean_states
 from seqops.ops.gru_cell import eager_gru_cell
 from seqops.ops.lstm_cell import eager_lstm_cell
 from seqops.ops.rnn_cell import eager_rnn_cell
@@ -38,7 +38,7 @@ class LSTMCell(AdoptsSharedBackwardHooks, nn.LSTMCell):
     """``torch.nn.LSTMCell`` computed by ``seqops.lstm_cell``; input ``[B, I]`` or ``[I]``."""
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        states = () if hx is None else tuple(hx) if type(hx) in (tuple, list) and len(hx) == 2 else None
+        states = () if hx is None else lean_states(hx, lstm=True)
         if common_cell_call(input, states, self.weight_hh):
             if hx is None:
                 zeros = _zeros_state(self, input)
@@ -72,7 +72,7 @@ class _SingleStateCell(AdoptsSharedBackwardHooks):
         raise NotImplementedError
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        if common_cell_call(input, () if hx is None else (hx,), self.weight_hh):
+        if common_cell_call(input, () if hx is None else lean_states(hx, lstm=False), self.weight_hh):
             return self._eager_cell(input, (_zeros_state(self, input) if hx is None else hx,))
         name = type(self).__name__
         _check_dims(name, "input", input)
@@ -111,6 +111,6 @@ class RNNCell(_SingleStateCell, nn.RNNCell):
 
     def _eager_cell(self, input, states):
         if self.nonlinearity not in ("tanh", "relu"):
-            return _run_cell(self._cell_op(), self, input, states[0])  # its error
+            self._cell_op()  # raises torch.nn's error for it
         relu = self.nonlinearity == "relu"
         return eager_rnn_cell(relu, input, states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)

@@ -60,6 +60,14 @@ def common_cell_call(input, states, w_hh):
     return all(plain_tensor(state) and state.dim() == 2 for state in states)
 
 
+def lean_states(hx, lstm):
+    """The states of a cell call as common_cell_call takes them: (h, c) from an LSTM's pair, (h,) otherwise; None
+    for an hx of another kind (or None, which the functional cells refuse)."""
+    if lstm:
+        return tuple(hx) if type(hx) in (tuple, list) and len(hx) == 2 else None
+    return (hx,) if hx is not None else None
+
+
 def with_lean_path(eager, lstm=False):
     """Decorates a functional cell fn(input, hx, w_ih, w_hh, b_ih=None, b_hh=None) (outside with_autocast): a
     common call (common_cell_call) goes straight to eager(input, states, w_ih, w_hh, b_ih, b_hh), states the
@@ -68,10 +76,7 @@ def with_lean_path(eager, lstm=False):
     def decorate(fn):
         @functools.wraps(fn)
         def cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
-            if lstm:
-                states = tuple(hx) if type(hx) in (tuple, list) and len(hx) == 2 else None
-            else:
-                states = (hx,) if hx is not None else None
+            states = lean_states(hx, lstm)
             if common_cell_call(input, states, w_hh):
                 return eager(input, states, w_ih, w_hh, b_ih, b_hh)
             return fn(input, hx, w_ih, w_hh, b_ih, b_hh)
